@@ -1,0 +1,259 @@
+"""Naming, choosing and tapping the layers that probes are fitted on.
+
+Layers are addressed by their dotted ``named_modules()`` name (``layer3.1.relu``,
+``fc2``), the one name that is stable across processes and shown by ``print(model)``.
+Selection is checked against the model before any data is read, so a typo fails in a
+second with the closest names, not after an hour of extraction.
+
+:class:`LayerTaps` collects the probe inputs during an ordinary forward pass with
+forward hooks. Each hook reduces its layer's output right away (see
+:mod:`extract.reductions`): full activations of early layers would not fit anywhere,
+and a later in-place op (``ReLU(inplace=True)``, ``out += identity`` in a ResNet block)
+would overwrite the tensor the hook saw.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from storage_schema.errors import ConfigError, DataError, did_you_mean
+
+_GLOB_CHARS = "*?["
+_HINT = "`probestore layers --model ...` lists them"
+
+
+@dataclass(frozen=True)
+class LayerDescription:
+    """One named module as seen in a dry forward pass.
+
+    Attributes
+    ----------
+    name : str
+        Dotted module name.
+    module_type : str
+        Class name, e.g. ``"Conv2d"``.
+    output_shape : tuple of int
+        Output shape without the batch dimension (of its last call).
+    n_features : int
+        ``prod(output_shape)``: what ``flatten`` would store per sample.
+    n_calls : int
+        Forward calls per model forward. More than 1 means a shared module, such as the
+        ``relu`` of a torchvision ``BasicBlock`` (after ``bn1`` and again after the
+        residual add): :class:`LayerTaps` keeps its *last* output of each forward, here
+        the block output.
+    """
+
+    name: str
+    module_type: str
+    output_shape: tuple[int, ...]
+    n_features: int
+    n_calls: int = 1
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
+
+
+def list_layers(model: nn.Module, input_shape: Sequence[int],
+                device: str | torch.device = "cpu") -> list[LayerDescription]:
+    """Every named module with a tensor output, from one dry forward pass.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Already on ``device``. Left as it was: the pass runs in eval mode under
+        ``torch.inference_mode`` (no batch-norm statistics updated) and the
+        train / eval flags are restored afterwards.
+    input_shape : sequence of int
+        One sample's shape, e.g. ``(C, H, W)``; a seeded batch of 2 is fed.
+    device : str or torch.device, default "cpu"
+
+    Returns
+    -------
+    list of LayerDescription
+        In order of first execution. Containers appear too (their output is the
+        output of their last child, e.g. ``layer1`` of a ResNet); the root module,
+        modules that never run and modules with non-tensor outputs are left out.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *shape), generator=gen).to(device=device, dtype=_param_dtype(model))
+    seen: dict[str, list] = {}  # name -> [module_type, shape, calls]
+    names = {m: n for n, m in model.named_modules() if n}
+    handles = []
+
+    def make_hook(name: str, module: nn.Module):
+        def hook(_mod, _args, out):
+            if isinstance(out, torch.Tensor) and out.dim() >= 1:
+                rec = seen.setdefault(name, [type(module).__name__, (), 0])
+                rec[1] = tuple(out.shape[1:])
+                rec[2] += 1
+        return hook
+
+    training = {m: m.training for m in model.modules()}
+    try:
+        for module, name in names.items():
+            handles.append(module.register_forward_hook(make_hook(name, module)))
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+    return [LayerDescription(n, t, s, math.prod(s), c) for n, (t, s, c) in seen.items()]
+
+
+def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Resolve exact names and ``fnmatch`` globs to module names, in model order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    patterns : sequence of str
+        Exact dotted names (``"layer4.1.relu"``) or globs (``"layer*.relu"``,
+        ``"features.*"``; ``*`` also crosses dots). Overlaps are deduplicated.
+
+    Returns
+    -------
+    list of str
+        In ``named_modules()`` order, so the stored order follows the network's depth.
+
+    Raises
+    ------
+    ConfigError
+        No patterns, or a pattern that matches nothing (with the closest names).
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        raise ConfigError("no layers selected", where="layers", expected="at least one name or glob",
+                          got="[]", fix=_HINT)
+    names = [n for n, _ in model.named_modules() if n]
+    chosen: set[str] = set()
+    for pat in patterns:
+        if not isinstance(pat, str) or not pat:
+            raise ConfigError("layer pattern must be a non-empty string", where="layers",
+                              got=repr(pat))
+        if pat in names:
+            chosen.add(pat)
+            continue
+        hits = fnmatch.filter(names, pat) if any(c in pat for c in _GLOB_CHARS) else []
+        if not hits:
+            plain = pat.strip(_GLOB_CHARS) or pat
+            close = did_you_mean(plain, names, n=5)
+            raise ConfigError(f"layer pattern {pat!r} matches no module", where="layers",
+                              expected=f"a dotted module name of {type(model).__name__}",
+                              got=repr(pat), fix=(close + " " if close else "") + _HINT)
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+class LayerTaps:
+    """Forward hooks that keep only the reduced output of the chosen layers.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    reducers : mapping of str to torch.nn.Module
+        Layer name -> module mapping the layer output to ``[batch, k]`` (from
+        :func:`extract.reductions.build_reducer`); the mapping's order is the order of
+        :meth:`pop`'s result.
+
+    Examples
+    --------
+    >>> with LayerTaps(model, {"fc1": reducer}) as taps:   # doctest: +SKIP
+    ...     model(x)
+    ...     feats = taps.pop()                             # {"fc1": tensor [N, k]}
+
+    Notes
+    -----
+    The reducer runs inside the hook, hence under the caller's device, autocast and
+    inference-mode settings, before any later in-place op can change the output.
+    A reduced tensor that still shares memory with the output (a view) is cloned.
+    Each forward of ``model`` starts afresh (a pre-hook on the root clears what was not
+    popped); a module run several times in one forward (shared) keeps its last output.
+    """
+
+    def __init__(self, model: nn.Module, reducers: Mapping[str, nn.Module]) -> None:
+        modules = dict(model.named_modules())
+        for name in reducers:
+            if name not in modules or not name:
+                raise ConfigError(f"unknown layer {name!r}", where="LayerTaps",
+                                  got=repr(name),
+                                  fix=(did_you_mean(name, [n for n in modules if n]) + " " + _HINT).strip())
+        self.model = model
+        self.reducers = dict(reducers)
+        self._modules = {n: modules[n] for n in self.reducers}
+        self._handles: list = []
+        self._out: dict[str, torch.Tensor] = {}
+
+    def _hook(self, name: str):
+        reducer = self.reducers[name]
+
+        def hook(_mod, _args, out):
+            if not isinstance(out, torch.Tensor):
+                raise ConfigError(f"layer {name!r} does not output a tensor", where="LayerTaps",
+                                  got=type(out).__name__, fix="tap a submodule with a tensor output")
+            red = reducer(out)
+            if red.dim() != 2 or red.shape[0] != out.shape[0]:
+                raise DataError(f"reducer of layer {name!r} returned a wrong shape",
+                                where="LayerTaps", expected=f"[{out.shape[0]}, k]",
+                                got=tuple(red.shape))
+            if red.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+                red = red.clone()
+            self._out[name] = red.detach()
+        return hook
+
+    def _start_forward(self, _mod, _args) -> None:
+        self._out.clear()
+
+    def __enter__(self) -> LayerTaps:
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
+            for name, module in self._modules.items():
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hooks and drop any collected output."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._out.clear()
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        """Reduced outputs of the last ``model`` forward, in the reducers' order; then forget them.
+
+        Raises
+        ------
+        ConfigError
+            A tapped layer did not run (a branch not taken, or no forward since the last
+            ``pop``).
+        """
+        missing = [n for n in self.reducers if n not in self._out]
+        if missing:
+            self._out.clear()
+            raise ConfigError(f"{len(missing)} tapped layer(s) did not run in the forward pass",
+                              where="LayerTaps", got=missing[:5],
+                              fix="run model(x) inside the `with` block before pop(); tap layers "
+                                  "that the forward pass actually uses")
+        out = {n: self._out[n] for n in self.reducers}
+        self._out.clear()
+        return out

@@ -1,0 +1,318 @@
+"""Model architectures by name, so that a store can record how to rebuild its model.
+
+A checkpoint holds weights, not code. To load one (or to draw the "epoch 0" random
+network of Graziani et al. 2019) probestore needs the architecture as data: a
+:class:`ModelSpec` (name, number of classes, input shape, options) that is stored as
+JSON beside the activations and turned back into a ``torch.nn.Module`` by
+:func:`build_model`.
+
+Names:
+
+``"mlp"``
+    Graziani et al.'s MNIST MLP, ``fc(4096)-fc(4096)-fc(#classes)`` with ReLU
+    (footnote 2); ``depth`` + ``width`` gives the six-hidden-layer variant of their Fig. 4.
+``"shallow_cnn"``
+    Their ImageNet10 network after Arpit et al. 2017 (footnote 3):
+    ``conv(200,5x5)-mp(3x3)-conv(200,5x5)-mp(3x3)-gap-fc(384)-fc(192)-fc(#classes)`` with
+    batch-norm and ReLU.
+``"torchvision:<arch>"``
+    Any torchvision classification model, randomly initialised (no downloads).
+``"factory:package.module:function"``
+    A user's own factory. This imports and runs user code *by design*: a model spec is
+    trusted configuration, like a Python file, unlike a checkpoint (which is never
+    unpickled as code, see :mod:`extract.checkpoints`).
+
+Module names are chosen to read well as probe names (``fc1``, ``relu1``, ...,
+``classifier``), since :mod:`extract.layers` addresses layers by dotted name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from storage_schema.errors import ConfigError, did_you_mean
+from storage_schema.validation import check_keys, check_type
+
+BUILTIN = ("mlp", "shallow_cnn")
+_PREFIXES = ("torchvision:", "factory:")
+_MLP_OPTIONS = ("hidden", "depth", "width")
+_CNN_OPTIONS = ("channels", "fc")
+_FACTORY_RE = re.compile(r"^factory:([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An architecture as data: enough to rebuild the model that a checkpoint fits.
+
+    Attributes
+    ----------
+    name : str
+        ``"mlp"``, ``"shallow_cnn"``, ``"torchvision:<arch>"`` or
+        ``"factory:package.module:function"``.
+    num_classes : int
+        Size of the classifier output.
+    input_shape : tuple of int
+        ``(C, H, W)`` of one input sample.
+    options : dict
+        Architecture options (JSON-able); see :func:`build_model`.
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = "model spec"
+        check_type(self.name, str, where=f"{where}.name")
+        check_type(self.num_classes, int, where=f"{where}.num_classes")
+        if self.num_classes < 1:
+            raise ConfigError("num_classes must be positive", where=f"{where}.num_classes",
+                              expected=">= 1", got=self.num_classes)
+        shape = self.input_shape
+        if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape)):
+            raise ConfigError("bad input_shape", where=f"{where}.input_shape",
+                              expected="3 positive integers (C, H, W)", got=repr(shape))
+        object.__setattr__(self, "input_shape", tuple(shape))
+        if not isinstance(self.options, Mapping) or not all(isinstance(k, str) for k in self.options):
+            raise ConfigError("options must be a table with string keys", where=f"{where}.options",
+                              got=repr(self.options))
+        object.__setattr__(self, "options", dict(self.options))
+        try:
+            json.dumps(self.options, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("options are not JSON-able, so the store could not record them",
+                              where=f"{where}.options", got=str(exc),
+                              fix="use numbers, strings, booleans, lists and tables only") from None
+        _check_name(self.name)
+        if self.name == "mlp":
+            _mlp_widths(self.options)
+        elif self.name == "shallow_cnn":
+            _cnn_options(self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, the inverse of :meth:`from_dict`."""
+        return {"name": self.name, "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape), "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        """Validate and build from a JSON / TOML table (unknown keys refused)."""
+        check_keys(d, ("name", "num_classes", "input_shape", "options"), where="model spec",
+                   required=("name", "num_classes", "input_shape"))
+        shape = check_type(d["input_shape"], (list, tuple), where="model spec.input_shape")
+        return cls(name=d["name"], num_classes=d["num_classes"], input_shape=tuple(shape),
+                   options=check_type(d.get("options", {}), dict, where="model spec.options"))
+
+
+def _check_name(name: str) -> None:
+    if name in BUILTIN or name.startswith("torchvision:"):
+        return
+    if name.startswith("factory:"):
+        if not _FACTORY_RE.match(name):
+            raise ConfigError("bad factory path", where="model spec.name",
+                              expected="'factory:package.module:function'", got=repr(name))
+        return
+    fix = did_you_mean(name, [*BUILTIN, "torchvision:", "factory:"])
+    if re.fullmatch(r"[a-z0-9_]+", name):
+        fix = (fix + " " if fix else "") + f"for a torchvision model write 'torchvision:{name}'"
+    raise ConfigError(f"unknown model {name!r}", where="model spec.name",
+                      expected="'mlp', 'shallow_cnn', 'torchvision:<arch>' or "
+                               "'factory:package.module:function'",
+                      got=repr(name), fix=fix or None)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    check_type(value, int, where=where)
+    if value < 1:
+        raise ConfigError("must be a positive integer", where=where, expected=">= 1", got=value)
+    return value
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    check_type(value, (list, tuple), where=where)
+    return [_positive_int(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _mlp_widths(options: Mapping[str, Any]) -> list[int]:
+    check_keys(options, _MLP_OPTIONS, where="model spec.options (mlp)")
+    if "hidden" in options:
+        if "depth" in options or "width" in options:
+            raise ConfigError("give either hidden or depth + width, not both",
+                              where="model spec.options (mlp)", got=sorted(options))
+        return _int_list(options["hidden"], "model spec.options.hidden")
+    if "depth" in options or "width" in options:
+        check_keys(options, _MLP_OPTIONS, where="model spec.options (mlp)",
+                   required=("depth", "width"))
+        depth = _positive_int(options["depth"], "model spec.options.depth")
+        return [_positive_int(options["width"], "model spec.options.width")] * depth
+    return [4096, 4096]
+
+
+def _cnn_options(options: Mapping[str, Any]) -> tuple[int, list[int]]:
+    check_keys(options, _CNN_OPTIONS, where="model spec.options (shallow_cnn)")
+    channels = _positive_int(options.get("channels", 200), "model spec.options.channels")
+    fc = _int_list(options.get("fc", [384, 192]), "model spec.options.fc")
+    return channels, fc
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over (H, W) returning ``[N, C]``: one named layer instead of pool + flatten."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def make_mlp(in_shape: tuple[int, int, int], num_classes: int, widths: list[int]) -> nn.Sequential:
+    """``flatten, fc1, relu1, ..., fcN, reluN, classifier`` as direct children."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    n_in = math.prod(in_shape)
+    for i, w in enumerate(widths, start=1):
+        layers += [(f"fc{i}", nn.Linear(n_in, w)), (f"relu{i}", nn.ReLU())]
+        n_in = w
+    layers.append(("classifier", nn.Linear(n_in, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def make_shallow_cnn(in_channels: int, num_classes: int, channels: int = 200,
+                     fc: list[int] | None = None) -> nn.Sequential:
+    """Graziani et al.'s shallow CNN; layer names are the probe names.
+
+    ``conv1, bn1, relu1, pool1, conv2, bn2, relu2, pool2, gap, fc1, relu3, fc2, relu4,
+    classifier`` (one ``fcI, relu(I+2)`` pair per entry of ``fc``). Convolutions use
+    padding 2 ("same") and the 3x3 max-pools stride 2 with padding 1, as in the
+    TensorFlow CIFAR-10 model that Arpit et al.'s fc(384)-fc(192) setup comes from; so
+    any input of at least 1x1 works and 28x28 maps to 7x7, 64x64 to 16x16 before ``gap``.
+    Batch-norm follows each convolution (the fc layers have none), ReLU is not in-place
+    so that every named output is the tensor a probe should see.
+    """
+    fc = [384, 192] if fc is None else list(fc)
+    layers: list[tuple[str, nn.Module]] = []
+    c_in = in_channels
+    for i in (1, 2):
+        layers += [
+            (f"conv{i}", nn.Conv2d(c_in, channels, kernel_size=5, padding=2)),
+            (f"bn{i}", nn.BatchNorm2d(channels)),
+            (f"relu{i}", nn.ReLU()),
+            (f"pool{i}", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+        ]
+        c_in = channels
+    layers.append(("gap", GlobalAvgPool()))
+    n_in = channels
+    for i, w in enumerate(fc, start=1):
+        layers += [(f"fc{i}", nn.Linear(n_in, w)), (f"relu{i + 2}", nn.ReLU())]
+        n_in = w
+    layers.append(("classifier", nn.Linear(n_in, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _torchvision_model(arch: str, num_classes: int, options: dict[str, Any]) -> nn.Module:
+    import torchvision
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)
+    if arch not in known:
+        raise ConfigError(f"unknown torchvision classification model {arch!r}",
+                          where="model spec.name",
+                          expected=f"one of torchvision.models.list_models() ({len(known)} names)",
+                          got=repr(arch), fix=did_you_mean(arch, known) or "check the spelling")
+    kwargs = dict(options)
+    if arch in ("inception_v3", "googlenet"):
+        # Their auxiliary heads change the output type in train mode; their init warns
+        # unless asked explicitly. Without pretrained weights both are free choices.
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)
+    for banned in ("weights", "num_classes", "pretrained"):
+        if banned in kwargs:
+            raise ConfigError(f"option {banned!r} is set by probestore", where="model spec.options",
+                              got=repr(kwargs[banned]),
+                              fix="remove it (weights come from checkpoints, classes from num_classes)")
+    try:
+        return tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"torchvision {torchvision.__version__} refused the options of {arch!r}",
+                          where="model spec.options", got=str(exc),
+                          fix="use keyword arguments of torchvision.models." + arch) from None
+
+
+def _factory_model(name: str, num_classes: int, options: dict[str, Any]) -> nn.Module:
+    m = _FACTORY_RE.match(name)
+    assert m is not None  # checked by ModelSpec
+    module_path, func_name = m.groups()
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import factory module {module_path!r}", where=f"model {name!r}",
+                          got=f"{type(exc).__name__}: {exc}",
+                          fix="check the module path and that it is on PYTHONPATH") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(f"module {module_path!r} has no function {func_name!r}",
+                          where=f"model {name!r}", got=repr(func_name),
+                          fix=did_you_mean(func_name, public) or "check the function name")
+    model = func(num_classes=num_classes, **options)
+    if not isinstance(model, nn.Module):
+        raise ConfigError("factory did not return a torch.nn.Module", where=f"model {name!r}",
+                          expected="torch.nn.Module", got=type(model).__name__)
+    return model
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """Instantiate ``spec`` with random weights, on CPU, in train mode.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    seed : int, optional
+        Seed for the initial weights. Given, the build is reproducible and the global
+        torch RNG is left untouched; None draws from the global RNG (seed it with
+        ``torch.manual_seed``).
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Raises
+    ------
+    ConfigError
+        Unknown architecture (with did-you-mean), bad options, unimportable factory.
+    """
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError("build_model needs a ModelSpec", expected="ModelSpec",
+                          got=type(spec).__name__, fix="use ModelSpec.from_dict(...)")
+    if seed is None:
+        return _build(spec)
+    check_type(seed, int, where="build_model(seed=...)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(spec)
+
+
+def _build(spec: ModelSpec) -> nn.Module:
+    if spec.name == "mlp":
+        return make_mlp(spec.input_shape, spec.num_classes, _mlp_widths(spec.options))
+    if spec.name == "shallow_cnn":
+        channels, fc = _cnn_options(spec.options)
+        return make_shallow_cnn(spec.input_shape[0], spec.num_classes, channels, fc)
+    if spec.name.startswith("torchvision:"):
+        return _torchvision_model(spec.name.split(":", 1)[1], spec.num_classes, spec.options)
+    return _factory_model(spec.name, spec.num_classes, spec.options)
+
+
+def describe_model(spec: ModelSpec) -> str:
+    """One line for logs and ``probestore info``, e.g. ``mlp(hidden=[4096, 4096]) 1x28x28 -> 10``."""
+    opts = ", ".join(f"{k}={v!r}" for k, v in sorted(spec.options.items()))
+    shape = "x".join(map(str, spec.input_shape))
+    return f"{spec.name}({opts}) {shape} -> {spec.num_classes} classes"

@@ -1,0 +1,5 @@
+import sys
+
+from storage_schema.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""The ``probestore`` command: one entry point, subcommands registered by each stage.
+
+Each stage has a ``commands`` module with ``register(subparsers)``; those modules
+import nothing heavy at import time (no torch), so ``probestore --help`` and the
+analysis commands work on a machine without the ``extract`` extra. Every
+``ProbestoreError`` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from storage_schema.errors import ProbestoreError
+
+COMMAND_MODULES = ("storage_schema.commands", "extract.commands", "analyze.commands")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probestore",
+        description=(
+            "Offline activation store and linear-probe analysis: extract features once "
+            "(probestore extract), probe them many times (probestore analyze)."
+        ),
+    )
+    from storage_schema.store import probestore_version
+
+    parser.add_argument("--version", action="version", version=f"probestore {probestore_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # that stage has no commands (yet)
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ProbestoreError as exc:
+        print(f"probestore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"probestore {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
