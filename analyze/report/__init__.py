@@ -1,0 +1,114 @@
+"""``probestore report``: figures, an HTML page and a Markdown summary from a results table.
+
+The report reproduces the figures of Alain & Bengio (2016) and Graziani et al. (2019)
+from any results table written by ``probestore analyze``, and states for this run
+whether each of the papers' headline findings holds, with the numbers behind it.
+
+Modules: :mod:`~analyze.report.table` (reading, model order, run roles),
+:mod:`~analyze.report.figures` (one data + one plot function per figure),
+:mod:`~analyze.report.findings`, :mod:`~analyze.report.html`,
+:mod:`~analyze.report.markdown`, :mod:`~analyze.report.style` (colours).
+matplotlib is used without pyplot; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from analyze.report.figures import FigureResult, make_figures
+from analyze.report.findings import Finding, compute_findings
+from analyze.report.html import render_html
+from analyze.report.markdown import render_markdown
+from analyze.report.table import ResultsView, make_view, read_results
+
+__all__ = ["build_report", "Finding", "FigureResult", "ResultsView", "read_results", "make_view", "compute_findings"]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a page."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _names(value: str | Sequence[str] | None) -> list[str] | None:
+    """Accept ``"area,perimeter"`` (the CLI) as well as a list."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [str(v).strip() for v in items if str(v).strip()]
+    return items or None
+
+
+def build_report(
+    results_path: str | Path,
+    store_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    rcv_concepts: str | Sequence[str] | None = None,
+    rcv_layers: str | Sequence[str] | None = None,
+    table_layer: str | None = None,
+) -> Path:
+    """Write ``index.html``, ``report.md`` and ``figures/*.png`` for a results table.
+
+    Parameters
+    ----------
+    results_path
+        The results table (``.parquet`` or ``.csv``) written by ``probestore analyze``.
+    store_path
+        Optional activation store the table was computed from: gives the dataset's
+        name and classes and the model order of the layers. The table alone suffices.
+    out_dir
+        Folder to write into (created). Default: ``<results stem>_report`` beside the
+        table.
+    rcv_concepts
+        Concepts for the RCV figures (list or comma-separated). Default: the 4 with the
+        largest R² spread over epochs (Fig. 3) and "area" or the first concept (Fig. 4
+        and the corruption finding).
+    rcv_layers
+        Layers for the RCV-over-epochs figure. Default: the first and last hidden layers.
+    table_layer
+        Layer of the MSPE table. Default: the first hidden layer (Graziani et al. use an
+        early layer, ``mixed0``).
+
+    Returns
+    -------
+    pathlib.Path
+        Path of ``index.html``.
+
+    Raises
+    ------
+    NotFoundError, ConfigError, DataError
+        Missing table, unknown format, missing key columns, or a chosen concept / layer
+        that the table does not have (with a suggestion). Missing *data* for a figure
+        is not an error: the figure is skipped with a note.
+    """
+    results_path = Path(results_path)
+    df = read_results(results_path)
+    view = make_view(df, store_path)
+    concepts = _names(rcv_concepts)
+    if concepts:
+        concepts = view.check_concepts(concepts)
+    layers = _names(rcv_layers)
+    if layers:
+        layers = [view.check_layer(layer, "rcv_layers") for layer in layers]
+    if table_layer is not None:
+        table_layer = view.check_layer(str(table_layer), "table_layer")
+
+    out = Path(out_dir) if out_dir is not None else results_path.with_name(f"{results_path.stem}_report")
+    out.mkdir(parents=True, exist_ok=True)
+    figures = make_figures(view, out / "figures", rcv_concepts=concepts, rcv_layers=layers, table_layer=table_layer)
+    findings = compute_findings(view, concept=concepts[0] if concepts else None)
+    source = str(results_path)
+    _atomic_write_text(out / "report.md", render_markdown(view, findings, figures, source=source))
+    index = out / "index.html"
+    _atomic_write_text(index, render_html(view, findings, figures, source=source))
+    return index

@@ -1,0 +1,550 @@
+"""Linear classifier probes (Alain & Bengio): every label set and every C of a block at once.
+
+Objective, per label set and per C (identical to scikit-learn's multinomial
+``LogisticRegression(C=C)`` with the default L2 penalty, on standardized features)::
+
+    C * sum_i CE(softmax(W x_i + b), y_i) + 0.5 * ||W||²      (b not penalized)
+
+solved in the equivalent scaled form ``mean_i CE_i + ||W||² / (2 C n)`` whose gradient
+scikit-learn's ``tol`` refers to. Features are standardized with train statistics; the
+reported ``coef`` / ``intercept`` act on raw features. With two classes this is the
+symmetric softmax, equal to scikit-learn's *binomial* model with ``C_binomial = 2 C``.
+
+Why it is fast (see ``benchmarks/bench_probes.py``):
+
+- all label sets of a block (true labels, the corrupted training labels of a memorizing
+  run, control labels) are solved together: one GEMM ``X @ W`` with ``W`` of shape
+  ``[F, K·L]`` and one ``X^T R`` per iteration, in ``dtype`` (float32 by default)
+  while the parameters, the softmax and the losses stay float64;
+- a vectorised L-BFGS (history 10) with an independent history, step and stopping test
+  per label set, so one slow problem does not hold the others' curvature hostage;
+- the C grid is walked from the strongest regularization up, each C warm-started from
+  the previous solution (or from ``warm_start``, the previous checkpoint's solution at
+  the same C, whichever has the lower objective);
+- when ``F > n_train`` the problem is solved in the row space of the train features
+  (``W = V Ŵ``, ``V`` an orthonormal basis of that space, F×n): exact, because the L2
+  optimum lies in that space, and every GEMM shrinks from F to n columns.
+
+Convergence: a label set stops when ``max |gradient|`` of the scaled objective is
+``<= tol`` (scikit-learn's ``gtol`` for lbfgs). The default ``tol=1e-6`` is stricter than
+scikit-learn's 1e-4, which leaves validation cross-entropies ~10% off the optimum at
+weak regularization; at 1e-6 they are within ~1e-3. ``status`` is ``"converged"``,
+``"max_iter"``, or ``"stalled"`` (the line search found no acceptable step: the
+float32 rounding floor was reached before ``tol``; use ``dtype=np.float64`` for
+tolerances below ~1e-5).
+
+Memory: the standardized features of every split in ``dtype``, the ``(n, K·L)`` logits
+in float64, and the L-BFGS history ``2 · 10 · L · (F+1) · K`` float64 values.
+
+Selection rule: the C with the lowest **validation cross-entropy** (ties -> the smaller
+C, i.e. the stronger regularization). Cross-entropy is continuous in C, so the choice
+does not flip on a single validation sample the way the error rate can.
+
+Classes absent from ``y_train`` get ``coef`` 0 and ``intercept`` -inf: the optimum
+sends their probability to 0 (scikit-learn, fitted on the present classes only, agrees).
+Failure policy: NaN/Inf features or an empty train/valid split raise
+:class:`DataError`; a label set with a single training class or labels outside
+``[0, n_classes)`` fails alone (``status="failed"``, ``message``), and if none is usable
+:class:`DataError` is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from analyze.metrics import cross_entropy, top_k_error
+from analyze.solvers.standardize import Standardizer
+from storage_schema.errors import ConfigError, DataError
+
+_SPLITS = ("train", "valid", "test")
+_METRICS = ("error", "top5_error", "ce")
+_HISTORY = 10
+_MAX_LINESEARCH = 25
+_C1 = 1e-4  # Armijo constant
+_DELTA = 0.1  # Hager-Zhang approximate-Wolfe constant
+
+
+@dataclass
+class LogisticResult:
+    """The probe of one label set: chosen C, its scores, and the whole path.
+
+    Attributes
+    ----------
+    Cs : ndarray (A,)
+        Grid, ascending (the order of every ``path`` entry).
+    C : float
+        Chosen C (NaN when failed); ``C_index`` its position.
+    error_train, error_valid, error_test : float
+        Top-1 error at the chosen C (test NaN when no test split).
+    top5_error_train, top5_error_valid, top5_error_test : float
+        Top-5 error; NaN unless ``n_classes > 5``.
+    ce_train, ce_valid, ce_test : float
+        Mean cross-entropy (nats), as ``sklearn.metrics.log_loss(labels=range(K))``.
+    coef : ndarray (K, F), intercept : ndarray (K,)
+        Probe on raw features at the chosen C.
+    status : str
+        ``"converged"``, ``"max_iter"``, ``"stalled"`` (for the chosen C) or ``"failed"``.
+    message : str
+    n_iter : int
+        L-BFGS iterations at the chosen C.
+    path : dict of ndarray (A,)
+        ``error_<split>``, ``top5_error_<split>``, ``ce_<split>``, ``n_iter``,
+        ``grad_max``, ``status``.
+    path_coef : ndarray (A, K, F), path_intercept : ndarray (A, K)
+        Solution at every C: pass the result dict as ``warm_start`` of the next block.
+    n_classes : int
+    method : str
+        ``"primal"`` or ``"rowspace"`` (F > n_train).
+    """
+
+    Cs: np.ndarray
+    C: float
+    C_index: int
+    error_train: float
+    error_valid: float
+    error_test: float
+    top5_error_train: float
+    top5_error_valid: float
+    top5_error_test: float
+    ce_train: float
+    ce_valid: float
+    ce_test: float
+    coef: np.ndarray
+    intercept: np.ndarray
+    status: str
+    message: str
+    n_iter: int
+    path: dict[str, np.ndarray]
+    path_coef: np.ndarray
+    path_intercept: np.ndarray
+    n_classes: int
+    method: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def summary(self) -> dict:
+        """Flat dict of scalars (a results-table row)."""
+        keys = ["C", *(f"{m}_{s}" for m in _METRICS for s in _SPLITS)]
+        return {"status": self.status, "message": self.message, "n_iter": int(self.n_iter),
+                "method": self.method, **{k: float(getattr(self, k)) for k in keys}}
+
+
+# --------------------------------------------------------------------------- the batched objective
+
+
+def _loss_grad(X, Yidx, theta, inv_cn, mask_add, dtype):
+    """Scaled objective and gradient of P multinomial problems sharing ``X``.
+
+    ``theta`` is (P, F+1, K) float64 (last row: intercepts); ``Yidx`` (n, P) labels;
+    ``mask_add`` (P, K) is 0, or -inf for classes absent from that problem's train labels.
+    """
+    n, F = X.shape
+    P, _, K = theta.shape
+    W = np.ascontiguousarray(theta[:, :F, :].transpose(1, 0, 2), dtype=dtype).reshape(F, P * K)
+    Z = (X @ W).reshape(n, P, K).astype(np.float64)
+    Z += (theta[:, F, :] + mask_add)[None, :, :]
+    zmax = Z.max(axis=2, keepdims=True)
+    E = np.exp(Z - zmax)
+    S = E.sum(axis=2, keepdims=True)
+    lse = zmax[..., 0] + np.log(S[..., 0])
+    rows = np.arange(n)[:, None]
+    cols = np.arange(P)[None, :]
+    ce = np.mean(lse - Z[rows, cols, Yidx], axis=0)
+    R = E / S
+    R[rows, cols, Yidx] -= 1.0
+    R /= n
+    gW = (X.T @ R.reshape(n, P * K).astype(dtype, copy=False)).reshape(F, P, K)
+    Wp = theta[:, :F, :]
+    f = ce + 0.5 * inv_cn * np.einsum("pfk,pfk->p", Wp, Wp)
+    g = np.empty_like(theta)
+    g[:, :F, :] = gW.transpose(1, 0, 2) + inv_cn[:, None, None] * Wp
+    g[:, F, :] = R.sum(axis=0)
+    return f, g
+
+
+def _lbfgs(fun, theta0, *, tol, max_iter, f_noise):
+    """Vectorised L-BFGS over P independent problems (rows of ``theta0``, shape (P, D)).
+
+    ``fun(theta_subset, index) -> (f, g)``. Each problem has its own history, step
+    length and stopping test; only problems still running are evaluated. Steps satisfy
+    Armijo, or Hager & Zhang's approximate Wolfe condition (``f`` within ``f_noise``
+    relative, slope reduced), which keeps the line search working at the rounding floor
+    of float32 GEMMs.
+    """
+    P, D = theta0.shape
+    theta = theta0.copy()
+    f, g = fun(theta, np.arange(P))
+    S = np.zeros((_HISTORY, P, D))
+    Yh = np.zeros((_HISTORY, P, D))
+    rho = np.zeros((_HISTORY, P))
+    gamma = np.ones(P)
+    fresh = np.ones(P, dtype=bool)  # no curvature pair yet: scale the first step
+    n_iter = np.zeros(P, dtype=np.int64)
+    status = np.full(P, "max_iter", dtype=object)
+    active = np.abs(g).max(axis=1) > tol
+    status[~active] = "converged"
+    slot = 0
+    for _ in range(max_iter):
+        idx = np.nonzero(active)[0]
+        if idx.size == 0:
+            break
+        gi = g[idx]
+        order = [(slot - 1 - j) % _HISTORY for j in range(_HISTORY)]  # newest first
+        q = gi.copy()
+        a = np.zeros((_HISTORY, idx.size))
+        for j in order:
+            a[j] = rho[j, idx] * np.einsum("pd,pd->p", S[j, idx], q)
+            q -= a[j][:, None] * Yh[j, idx]
+        r = gamma[idx, None] * q
+        for j in reversed(order):
+            b = rho[j, idx] * np.einsum("pd,pd->p", Yh[j, idx], r)
+            r += S[j, idx] * (a[j] - b)[:, None]
+        d = -r
+        gd = np.einsum("pd,pd->p", gi, d)
+        bad = ~(gd < 0)
+        if bad.any():  # lost descent: restart from steepest descent
+            d[bad] = -gi[bad]
+            gd[bad] = -np.einsum("pd,pd->p", gi[bad], gi[bad])
+            rho[:, idx[bad]] = 0.0
+            fresh[idx[bad]] = True
+        t = np.ones(idx.size)
+        first = fresh[idx]
+        t[first] = np.minimum(1.0, 1.0 / np.sqrt(-gd[first]))
+        pend = np.arange(idx.size)
+        new_theta = np.empty_like(gi)
+        new_f = np.empty(idx.size)
+        new_g = np.empty_like(gi)
+        for _ls in range(_MAX_LINESEARCH):
+            pi = idx[pend]
+            th = theta[pi] + t[pend, None] * d[pend]
+            fn, gn = fun(th, pi)
+            f0, gd0 = f[pi], gd[pend]
+            armijo = fn <= f0 + _C1 * t[pend] * gd0
+            slope = np.einsum("pd,pd->p", gn, d[pend])
+            approx = (fn <= f0 + f_noise * np.abs(f0)) & (slope <= (2 * _DELTA - 1) * gd0)
+            acc = np.isfinite(fn) & (armijo | approx)
+            done = pend[acc]
+            new_theta[done], new_f[done], new_g[done] = th[acc], fn[acc], gn[acc]
+            rej = pend[~acc]
+            if rej.size == 0:
+                pend = rej
+                break
+            # quadratic interpolation of the rejected steps, safeguarded to [0.1 t, 0.5 t]
+            tr, fr, f0r, gdr = t[rej], fn[~acc], f0[~acc], gd0[~acc]
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                tq = -gdr * tr**2 / (2.0 * (fr - f0r - gdr * tr))
+            tq = np.where(np.isfinite(tq), tq, 0.1 * tr)
+            t[rej] = np.clip(tq, 0.1 * tr, 0.5 * tr)
+            pend = rej
+        ok = np.ones(idx.size, dtype=bool)
+        ok[pend] = False
+        status[idx[pend]] = "stalled"
+        active[idx[pend]] = False
+        acc_idx = idx[ok]
+        s = new_theta[ok] - theta[acc_idx]
+        y = new_g[ok] - g[acc_idx]
+        sy = np.einsum("pd,pd->p", s, y)
+        yy = np.einsum("pd,pd->p", y, y)
+        upd = sy > 1e-10 * yy
+        S[slot, acc_idx] = s
+        Yh[slot, acc_idx] = y
+        rho[slot, acc_idx] = np.where(upd, 1.0 / np.where(upd, sy, 1.0), 0.0)
+        gamma[acc_idx] = np.where(upd, sy / np.where(upd, yy, 1.0), gamma[acc_idx])
+        fresh[acc_idx[upd]] = False
+        theta[acc_idx], f[acc_idx], g[acc_idx] = new_theta[ok], new_f[ok], new_g[ok]
+        n_iter[acc_idx] += 1
+        conv = acc_idx[np.abs(g[acc_idx]).max(axis=1) <= tol]
+        status[conv] = "converged"
+        active[conv] = False
+        slot = (slot + 1) % _HISTORY
+    return theta, f, n_iter, status, np.abs(g).max(axis=1)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_X(X, name, n_features):
+    if X is None:
+        return None
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise DataError("features must be 2-D", where=f"X_{name}", expected="(n_samples, n_features)",
+                        got=f"shape {X.shape}", fix="flatten spatial dimensions first")
+    if X.shape[0] == 0:
+        raise DataError(f"the {name} split is empty", where=f"X_{name}", expected="at least one row",
+                        got="0 rows", fix="check the split assignment of this dataset")
+    if n_features is not None and X.shape[1] != n_features:
+        raise DataError("splits have different feature counts", where=f"X_{name}",
+                        expected=f"{n_features} features (as train)", got=X.shape[1])
+    finite = np.isfinite(X)
+    if not finite.all():
+        rows, cols = np.nonzero(~finite)
+        raise DataError("features contain NaN or Inf", where=f"X_{name}", expected="finite activations",
+                        got=f"{rows.size} non-finite values (first at row {rows[0]}, feature {cols[0]})",
+                        fix="check the extraction of this layer (overflow, NaN weights in the checkpoint)")
+    return X
+
+
+def _check_labels(name, ys, Xs, n_classes):
+    """Return (labels per split as intp or None, failure message or "")."""
+    if not isinstance(ys, (tuple, list)) or len(ys) != 3:
+        raise ConfigError("a label set must be (y_train, y_valid, y_test)", where=f"label_sets[{name!r}]",
+                          expected="a 3-tuple (y_test may be None)", got=type(ys).__name__)
+    out = []
+    for split, y, X in zip(_SPLITS, ys, Xs):
+        if X is None or y is None:
+            if (X is None) != (y is None):
+                raise DataError("labels and features disagree on whether the split exists",
+                                where=f"label_sets[{name!r}] {split}",
+                                expected="both given or both None", got=f"X {'None' if X is None else 'given'}, "
+                                f"y {'None' if y is None else 'given'}")
+            out.append(None)
+            continue
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise DataError("labels do not line up with features", where=f"label_sets[{name!r}] {split}",
+                            expected=f"shape ({X.shape[0]},)", got=f"shape {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                return None, f"{split} labels are not all finite integers"
+        elif y.dtype.kind not in "iub":
+            return None, f"{split} labels have dtype {y.dtype}, expected integers"
+        yi = y.astype(np.intp)
+        if yi.min() < 0 or yi.max() >= n_classes:
+            return None, f"{split} labels span [{yi.min()}, {yi.max()}], outside [0, {n_classes})"
+        out.append(yi)
+    present = np.unique(out[0])
+    if present.size < 2:
+        return None, f"a single class ({present[0]}) in the train labels: no classifier to fit"
+    return out, ""
+
+
+def _check_Cs(Cs) -> np.ndarray:
+    c = np.asarray(Cs, dtype=np.float64).ravel()
+    if c.size == 0 or not np.all(np.isfinite(c)) or np.any(c <= 0):
+        raise ConfigError("invalid inverse-regularization grid", where="Cs",
+                          expected="a non-empty sequence of finite values > 0",
+                          got=repr(np.asarray(Cs).tolist()), fix="e.g. Cs = np.logspace(-4, 2, 7)")
+    return np.unique(c)
+
+
+# --------------------------------------------------------------------------- the block solver
+
+
+def _scores(logits, y, n_classes):
+    if y is None:
+        return {"error": np.nan, "top5_error": np.nan, "ce": np.nan}
+    return {
+        "error": top_k_error(logits, y, 1),
+        "top5_error": top_k_error(logits, y, 5) if n_classes > 5 else np.nan,
+        "ce": cross_entropy(logits, y, n_classes),
+    }
+
+
+def _warm_candidate(warm, C, std, basis, F, K, name):
+    """The previous block's solution at this C, in the current standardized space."""
+    if warm is None or not getattr(warm, "ok", True):
+        return None
+    pc = np.asarray(warm.path_coef)
+    if pc.shape[1:] != (K, F):
+        raise ConfigError("warm_start does not fit this block", where=f"warm_start[{name!r}]",
+                          expected=f"coefficients of shape (A, {K}, {F})", got=f"shape {pc.shape}",
+                          fix="pass the result of the same layer and label set, or None")
+    match = np.nonzero(np.isclose(np.asarray(warm.Cs), C, rtol=1e-9, atol=0))[0]
+    if match.size == 0:
+        return None
+    j = match[0]
+    if not np.all(np.isfinite(pc[j])):
+        return None
+    w, b = std.coef_to_standardized(pc[j], warm.path_intercept[j])  # (K, F), (K,)
+    b = np.where(np.isfinite(b), b, 0.0)
+    w = w.T if basis is None else basis.T @ w.T
+    return np.vstack([w, b[None, :]])
+
+
+def fit_logistic_block(
+    X_train,
+    X_valid,
+    X_test,
+    label_sets: Mapping[str, tuple],
+    Cs: Sequence[float] = tuple(np.logspace(-4, 2, 7)),
+    *,
+    n_classes: int,
+    max_iter: int = 500,
+    tol: float = 1e-6,
+    dtype=np.float32,
+    warm_start: Mapping[str, LogisticResult] | None = None,
+) -> dict[str, LogisticResult]:
+    """Fit, select and score multinomial probes for every label set of one block.
+
+    Parameters
+    ----------
+    X_train, X_valid, X_test : ndarray (n_split, F)
+        Layer activations; ``X_test`` may be None.
+    label_sets : mapping name -> (y_train, y_valid, y_test)
+        Integer labels in ``[0, n_classes)`` (``y_test`` None iff ``X_test`` is None),
+        e.g. ``{"true": ..., "control": ...}``.
+    Cs : sequence of float
+        Inverse regularization strengths (scikit-learn's ``C``).
+    n_classes : int
+        K, fixed for every label set and split (classes may be absent from a split).
+    max_iter : int
+        L-BFGS iterations per C.
+    tol : float
+        Stop when ``max |gradient|`` of ``mean CE + ||W||² / (2 C n)`` is ``<= tol``.
+    dtype : numpy dtype
+        GEMM precision (float32 default; float64 for tolerances below ~1e-5).
+    warm_start : mapping name -> LogisticResult, optional
+        The previous checkpoint's results for the same layer: used, per C, when its
+        objective beats the solution at the previous C.
+
+    Returns
+    -------
+    dict of name -> LogisticResult
+
+    Raises
+    ------
+    DataError
+        NaN/Inf features, empty train/valid, misaligned labels, or no usable label set.
+    ConfigError
+        Bad ``Cs``, ``n_classes``, ``max_iter``, ``tol`` or ``warm_start``.
+    """
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ConfigError("n_classes must be an integer >= 2", where="n_classes", got=repr(n_classes))
+    if not (tol > 0 and max_iter >= 1):
+        raise ConfigError("tol must be > 0 and max_iter >= 1", where="fit_logistic_block",
+                          got=f"tol={tol}, max_iter={max_iter}")
+    if not label_sets:
+        raise ConfigError("no label sets given", where="label_sets", expected="at least one")
+    Cs = _check_Cs(Cs)
+    K = int(n_classes)
+    dtype = np.dtype(dtype)
+    X_train = _check_X(X_train, "train", None)
+    F = X_train.shape[1]
+    X_valid = _check_X(X_valid, "valid", F)
+    X_test = _check_X(X_test, "test", F)
+    Xraw = (X_train, X_valid, X_test)
+
+    labels, failures = {}, {}
+    for name, ys in label_sets.items():
+        lab, why = _check_labels(name, ys, Xraw, K)
+        if lab is None:
+            failures[name] = why
+        else:
+            labels[name] = lab
+    if not labels:
+        raise DataError("no label set can be fitted", where="label_sets",
+                        got="; ".join(f"{k}: {v}" for k, v in failures.items()),
+                        fix="check the labels of this dataset / run")
+
+    std = Standardizer.fit(X_train)
+    n = X_train.shape[0]
+    Xs = [None if X is None else std.transform(X) for X in Xraw]
+    basis = None
+    if F > n:  # row space of the standardized train features (exact for an L2 penalty)
+        basis, _ = np.linalg.qr(Xs[0].T)
+        Xs = [None if X is None else X @ basis for X in Xs]
+    Xw = [None if X is None else np.ascontiguousarray(X, dtype=dtype) for X in Xs]
+    Fw = Xw[0].shape[1]
+
+    names = list(labels)
+    P = len(names)
+    Yidx = np.stack([labels[nm][0] for nm in names], axis=1)
+    mask_add = np.zeros((P, K))
+    for p, nm in enumerate(names):
+        absent = np.setdiff1d(np.arange(K), np.unique(labels[nm][0]))
+        mask_add[p, absent] = -np.inf
+    keep = np.isfinite(mask_add)  # (P, K): coefficients of absent classes stay 0
+    f_noise = 100 * float(np.finfo(dtype).eps)
+    D = (Fw + 1) * K
+
+    A = Cs.size
+    path = {nm: {f"{m}_{s}": np.full(A, np.nan) for m in _METRICS for s in _SPLITS} for nm in names}
+    for nm in names:
+        path[nm].update(n_iter=np.zeros(A, dtype=np.int64), grad_max=np.full(A, np.nan),
+                        status=np.empty(A, dtype=object))
+    thetas = np.zeros((A, P, Fw + 1, K))
+    prev = np.zeros((P, Fw + 1, K))
+    for a, C in enumerate(Cs):
+        inv_cn = np.full(P, 1.0 / (C * n))
+
+        def fun(th, index, inv_cn=inv_cn):
+            th3 = th.reshape(-1, Fw + 1, K) * keep[index, None, :]
+            f, g = _loss_grad(Xw[0], Yidx[:, index], th3, inv_cn[index], mask_add[index], dtype)
+            return f, (g * keep[index, None, :]).reshape(len(index), D)
+
+        init = prev * keep[:, None, :]
+        if warm_start:
+            cand = np.array(init)
+            use = np.zeros(P, dtype=bool)
+            for p, nm in enumerate(names):
+                w = _warm_candidate(warm_start.get(nm), C, std, basis, F, K, nm)
+                if w is not None:
+                    cand[p], use[p] = w * keep[p][None, :], True
+            if use.any():
+                f_prev, _ = fun(init.reshape(P, D), np.arange(P))
+                f_warm, _ = fun(cand.reshape(P, D), np.arange(P))
+                better = use & (f_warm < f_prev)
+                init[better] = cand[better]
+        theta, _, n_iter, status, gmax = _lbfgs(fun, init.reshape(P, D), tol=tol,
+                                                max_iter=int(max_iter), f_noise=f_noise)
+        theta = theta.reshape(P, Fw + 1, K) * keep[:, None, :]
+        prev = theta
+        thetas[a] = theta
+        Wflat = np.ascontiguousarray(theta[:, :Fw, :].transpose(1, 0, 2), dtype=dtype).reshape(Fw, P * K)
+        for si, split in enumerate(_SPLITS):
+            if Xw[si] is None:
+                continue
+            Z = (Xw[si] @ Wflat).reshape(-1, P, K).astype(np.float64) + (theta[:, Fw, :] + mask_add)[None]
+            for p, nm in enumerate(names):
+                for m, v in _scores(Z[:, p, :], labels[nm][si], K).items():
+                    path[nm][f"{m}_{split}"][a] = v
+        for p, nm in enumerate(names):
+            path[nm]["n_iter"][a] = n_iter[p]
+            path[nm]["grad_max"][a] = gmax[p]
+            path[nm]["status"][a] = status[p]
+
+    method = "primal" if basis is None else "rowspace"
+    results = {}
+    for p, nm in enumerate(names):
+        w_std = thetas[:, p, :Fw, :]  # (A, Fw, K)
+        if basis is not None:
+            w_std = np.einsum("fr,ark->afk", basis, w_std)
+        b = thetas[:, p, Fw, :]
+        present = keep[p]
+        b = b - b[:, present].mean(axis=1, keepdims=True)
+        coef, intercept = std.coef_to_original(w_std.transpose(0, 2, 1), b)  # (A, K, F), (A, K)
+        intercept[:, ~present] = -np.inf
+        coef[:, ~present, :] = 0.0
+        ce_valid = path[nm]["ce_valid"]
+        i = int(np.argmin(ce_valid))  # first minimum: the smaller C wins ties
+        chosen = {k: path[nm][k][i] for k in path[nm] if k not in ("n_iter", "grad_max", "status")}
+        results[nm] = LogisticResult(
+            Cs=Cs, C=float(Cs[i]), C_index=i, coef=coef[i], intercept=intercept[i],
+            status=str(path[nm]["status"][i]), message="", n_iter=int(path[nm]["n_iter"][i]),
+            path=path[nm], path_coef=coef, path_intercept=intercept, n_classes=K, method=method,
+            **{k: float(v) for k, v in chosen.items()},
+        )
+    for nm, why in failures.items():
+        results[nm] = _failed(Cs, K, F, why, method)
+    return {nm: results[nm] for nm in label_sets}
+
+
+def _failed(Cs, K, F, why, method) -> LogisticResult:
+    nan = float("nan")
+    A = Cs.size
+    path = {f"{m}_{s}": np.full(A, np.nan) for m in _METRICS for s in _SPLITS}
+    path.update(n_iter=np.zeros(A, dtype=np.int64), grad_max=np.full(A, np.nan),
+                status=np.full(A, "failed", dtype=object))
+    return LogisticResult(
+        Cs=Cs, C=nan, C_index=-1, error_train=nan, error_valid=nan, error_test=nan,
+        top5_error_train=nan, top5_error_valid=nan, top5_error_test=nan, ce_train=nan,
+        ce_valid=nan, ce_test=nan, coef=np.full((K, F), np.nan), intercept=np.full(K, np.nan),
+        status="failed", message=why, n_iter=0, path=path, path_coef=np.full((A, K, F), np.nan),
+        path_intercept=np.full((A, K), np.nan), n_classes=K, method=method,
+    )

@@ -1,0 +1,399 @@
+"""Tests of ``analyze.report``: files written, figures' numbers, findings' verdicts.
+
+The results table is synthetic but shaped like the engine's: 3 runs (corruption 0,
+0.5, 1.0), checkpoints at epochs 0, 1, 3, 5, layers input + relu1..relu4, classifier,
+control, RCV (area, eccentricity) and model_output rows. Its numbers follow closed
+forms, so each finding can be made to hold or not and its numbers checked by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyze.report import build_report, compute_findings, make_view, read_results, style
+from analyze.report import figures as F
+from analyze.report import findings as FD
+from storage_schema.errors import ConfigError, DataError, NotFoundError
+
+RUNS = {"gen": 0.0, "mem50": 0.5, "mem100": 1.0}
+EPOCHS = (0, 1, 3, 5)
+LAYERS = ("input", "relu1", "relu2", "relu3", "relu4")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def progress(epoch: int) -> float:
+    return 1.0 - math.exp(-epoch / 2)
+
+
+def clf_error(c: float, d: int, epoch: int, *, depth_falls=True, random_beats_pixels=True, training_helps=True) -> float:
+    """Test error of the true-label probe at depth d (0 = input)."""
+    if d == 0:
+        return 0.12
+    rand = 0.08 - 0.005 * d if random_beats_pixels else 0.15 + 0.005 * d
+    trained = (0.05 - 0.008 * d if depth_falls else 0.02 + 0.008 * d) + c * (0.01 if training_helps else 0.08) * d
+    return rand + progress(epoch) * (trained - rand)
+
+
+def area_r2(c: float, d: int, epoch: int, *, rcv_deep_falls=True) -> float:
+    penalty = c * 0.1 * (d if rcv_deep_falls else 5 - d) * progress(epoch)
+    return 0.9 - 0.02 * d - (penalty if d else 0.0)
+
+
+def clean_acc(epoch: int, fast: bool) -> float:
+    rate = 1.5 if fast else 0.25
+    top = 0.89 if fast else 0.8
+    return 0.1 + top * (1 - math.exp(-epoch * rate))
+
+
+def make_table(
+    *,
+    depth_falls=True,
+    random_beats_pixels=True,
+    training_helps=True,
+    rcv_deep_falls=True,
+    clean_first=True,
+    memorizing_less_selective=True,
+) -> pd.DataFrame:
+    rows = []
+
+    def add(**kw):
+        row = {c: np.nan for c in ("train_error", "valid_error", "test_error", "train_r2", "valid_r2", "test_r2",
+                                    "train_mspe", "valid_mspe", "test_mspe", "selectivity_train", "selectivity_test",
+                                    "clean_error", "corrupted_error")}  # fmt: skip
+        row.update(corruption_mode="uniform", reduction="none", hyperparameter="", hyperparameter_value=np.nan,
+                   n_features=64, n_train=600, n_valid=200, n_test=200, fit_seconds=0.01, status="ok", message="")  # fmt: skip
+        row.update(kw)
+        row["probe_id"] = f"{row['run']}/{row['checkpoint']}/{row['layer']}/{row['probe']}/{row['target']}"
+        rows.append(row)
+
+    for run, c in RUNS.items():
+        for e in EPOCHS:
+            ckpt = f"epoch{e:03d}"
+            base = {"run": run, "corruption_fraction": c, "checkpoint": ckpt, "epoch": e}
+            for d, layer in enumerate(LAYERS):
+                err = clf_error(c, d, e, depth_falls=depth_falls, random_beats_pixels=random_beats_pixels,
+                                training_helps=training_helps)  # fmt: skip
+                ctl_test = 0.9 + (0.0 if memorizing_less_selective else 0.08 * c)
+                ctl_train = 0.5 - 0.05 * d
+                add(**base, layer=layer, probe="classifier", target="true_labels", hyperparameter="C",
+                    hyperparameter_value=1.0, train_error=err / 2, valid_error=err, test_error=err,
+                    selectivity_test=ctl_test - err, selectivity_train=ctl_train - err / 2,
+                    clean_error=err / 2 if c < 1 else np.nan, corrupted_error=0.5 if c > 0 else np.nan)  # fmt: skip
+                if c > 0:
+                    add(**base, layer=layer, probe="classifier", target="train_labels", hyperparameter="C",
+                        hyperparameter_value=1.0, train_error=0.3, valid_error=0.6, test_error=0.6)  # fmt: skip
+                add(**base, layer=layer, probe="control", target="control_labels", hyperparameter="C",
+                    hyperparameter_value=1.0, train_error=ctl_train, valid_error=ctl_test, test_error=ctl_test)  # fmt: skip
+                r2 = area_r2(c, d, e, rcv_deep_falls=rcv_deep_falls)
+                add(**base, layer=layer, probe="rcv", target="area", hyperparameter="alpha", hyperparameter_value=10.0,
+                    train_r2=r2, valid_r2=r2, test_r2=r2, test_mspe=2.0 * (1 - r2))  # fmt: skip
+                r2e = 0.5 + 0.02 * d * progress(e)
+                add(**base, layer=layer, probe="rcv", target="eccentricity", hyperparameter="alpha",
+                    hyperparameter_value=10.0, train_r2=r2e, valid_r2=r2e, test_r2=r2e, test_mspe=0.1 * (1 - r2e))  # fmt: skip
+            fast = clean_acc(e, clean_first)
+            slow = clean_acc(e, not clean_first)
+            clean = 1 - fast if c < 1 else np.nan
+            corrupted = 1 - slow if c > 0 else np.nan
+            add(**base, layer="outputs", probe="model_output", target="train_labels", train_error=0.5,
+                test_error=0.5, clean_error=clean, corrupted_error=corrupted)  # fmt: skip
+            add(**base, layer="outputs", probe="model_output", target="true_labels", train_error=0.5, test_error=0.5,
+                clean_error=clean, corrupted_error=(1 - (0.1 + 0.3 * progress(e))) if c > 0 else np.nan)  # fmt: skip
+    df = pd.DataFrame(rows)
+    # The engine sorts by probe_id: the table carries no layer order of its own.
+    return df.sort_values("probe_id", kind="stable").reset_index(drop=True)
+
+
+def write(df: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    return path
+
+
+def img_sources(html: str) -> list[str]:
+    return re.findall(r"<img src='([^']+)'", html)
+
+
+def verdicts(df: pd.DataFrame) -> dict[str, bool | None]:
+    return {f.key: f.holds for f in compute_findings(make_view(df))}
+
+
+# ---------------------------------------------------------------------- whole report
+def test_full_report_files_and_findings(tmp_path):
+    df = make_table()
+    df.loc[len(df)] = {**df.iloc[0].to_dict(), "probe_id": "gen/epoch005/relu1/rcv/broken", "probe": "rcv",
+                       "target": "broken", "status": "failed", "message": "NaN in <features>"}  # fmt: skip
+    index = build_report(write(df, tmp_path / "results.parquet"), None, tmp_path / "rep")
+    assert index == tmp_path / "rep" / "index.html"
+    html = index.read_text()
+    sources = img_sources(html)
+    assert len(sources) == 7  # every figure drawn, the MSPE table as a PNG too
+    for src in sources:
+        data = (index.parent / src).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, src
+    assert "skipped:" not in html
+    # Table text is escaped, and the failed probe is counted.
+    assert "&lt;features&gt;" in html and "<features>" not in html
+    assert "1 probe(s) failed" in html
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for statement in (FD.DEPTH, FD.RANDOM, FD.TRAINING, FD.RCV, FD.CLEAN, FD.SELECTIVITY):
+        assert f"**{statement}**: *holds*" in md
+        assert f"<td>{escape(statement)}</td><td><span class='holds'>holds</span></td>" in html
+    for src in sources:
+        assert f"]({src})" in md
+    # Layer order: natural sort with input first, although rows came sorted by probe_id.
+    assert "Layers (model order): input, relu1, relu2, relu3, relu4" in md
+
+
+def test_csv_and_parquet_give_the_same_report(tmp_path):
+    df = make_table(clean_first=False)
+    a = read_results(write(df, tmp_path / "r.csv"))
+    b = read_results(write(df, tmp_path / "r.parquet"))
+    fa, fb = compute_findings(make_view(a)), compute_findings(make_view(b))
+    assert [(f.key, f.holds, f.numbers) for f in fa] == [(f.key, f.holds, f.numbers) for f in fb]
+    assert {f.key: f.holds for f in fa}["clean_first"] is False
+
+
+def test_missing_rows_give_notes_not_exceptions(tmp_path):
+    df = make_table()
+    df = df[~df["probe"].isin(["rcv", "model_output"])]
+    index = build_report(write(df, tmp_path / "r.parquet"), out_dir=tmp_path / "rep")
+    html = index.read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for key in ("rcv_epochs", "rcv_corruption", "mspe_table"):
+        assert f"<section id='{key}'><h3>" in html
+    assert html.count("skipped: no rcv rows") == 3 and md.count("*skipped: no rcv rows*") == 3
+    assert "skipped: no model_output rows" in html
+    assert len(img_sources(html)) == 3
+    for src in img_sources(html):
+        assert (index.parent / src).read_bytes().startswith(PNG)
+    found = {f.key: f for f in compute_findings(make_view(df))}
+    assert found["rcv_corruption"].holds is None and found["clean_first"].holds is None
+    assert found["depth"].holds is True
+
+
+def test_minimal_table_one_run_one_checkpoint(tmp_path):
+    df = make_table()
+    df = df[(df["run"] == "mem50") & (df["checkpoint"] == "epoch003") & (df["probe"] == "classifier")]
+    df = df.drop(columns=["selectivity_test", "status", "epoch"])
+    index = build_report(write(df, tmp_path / "r.csv"), out_dir=tmp_path / "rep")
+    html = index.read_text()
+    assert len(img_sources(html)) == 2  # layer error + heatmap
+    assert html.count("class='skipped'") == 5
+    found = {f.key: f.holds for f in compute_findings(make_view(read_results(tmp_path / "r.csv")))}
+    assert set(found.values()) == {None}
+
+
+def test_all_probes_failed_or_duplicated(tmp_path):
+    df = make_table()
+    failed = df.assign(status="failed", message="single class")
+    index = build_report(write(failed, tmp_path / "r.parquet"), out_dir=tmp_path / "rep")
+    html = index.read_text()
+    assert img_sources(html) == [] and html.count("skipped: ") == 7
+    assert f"{len(df)} probe(s) failed" in html
+    # A repeated probe row does not double-count; the last copy wins.
+    dup = pd.concat([df, df[df["probe"] == "classifier"].assign(test_error=0.5)])
+    view = make_view(dup)
+    assert len(view.rows) == len(df)
+    assert view.select("classifier", "true_labels", run="gen", checkpoint="epoch005", layer="relu2")["test_error"].item() == 0.5
+
+
+def test_default_out_dir_and_bad_inputs(tmp_path):
+    path = write(make_table(), tmp_path / "results.parquet")
+    with pytest.raises(ConfigError, match="did you mean 'area'"):
+        build_report(path, rcv_concepts="aera")
+    with pytest.raises(ConfigError, match="relu4"):
+        build_report(path, table_layer="relu44")
+    with pytest.raises(NotFoundError):
+        build_report(tmp_path / "nope.parquet")
+    (tmp_path / "r.txt").write_text("x")
+    with pytest.raises(ConfigError, match="parquet"):
+        build_report(tmp_path / "r.txt")
+    write(pd.DataFrame({"run": ["a"], "layer": ["b"]}), tmp_path / "bad.csv")
+    with pytest.raises(DataError, match="key columns"):
+        build_report(tmp_path / "bad.csv")
+    assert not (tmp_path / "results_report").exists()  # nothing written before validation
+    index = build_report(path, rcv_concepts="eccentricity", rcv_layers=["relu2"])
+    assert index == tmp_path / "results_report" / "index.html"
+    md = (tmp_path / "results_report" / "report.md").read_text()
+    # The chosen concept drives the corruption finding: eccentricity's R² ignores corruption.
+    assert "  - concept: eccentricity" in md and f"**{FD.RCV}**: *does not hold*" in md
+    assert "Layer: relu1" in index.read_text()  # default MSPE table layer: first hidden
+
+
+def test_store_gives_layer_order_and_dataset(tmp_path):
+    from storage_schema.store import create_store
+
+    n = 6
+    store = create_store(tmp_path / "s.zarr", dataset_name="toy-mnist", sample_ids=[f"s{i}" for i in range(n)],
+                         labels=[0, 1] * 3, splits=[0, 0, 1, 1, 2, 2], class_names=["zero", "one"])  # fmt: skip
+    store.add_run("gen", model={"name": "mlp"}, architecture="mlp", train_labels=np.array([0, 1] * 3),
+                  corrupted=np.zeros(n, bool), corruption={"fraction": 0.0, "mode": "none", "seed": 0})  # fmt: skip
+    store.add_checkpoint("gen", "epoch005", epoch=5)
+    model_order = ["input", "relu4", "relu2", "relu1", "relu3"]  # not any sort order
+    for layer in model_order:
+        store.create_block("gen", "epoch005", layer, n_features=3)
+    store.set_layer_order("gen", "epoch005", model_order)
+    store.close()
+    df = make_table()
+    df = df[(df["run"] == "gen") & (df["checkpoint"] == "epoch005")]
+    assert make_view(df).layers == ["input", "relu1", "relu2", "relu3", "relu4"]
+    view = make_view(df, tmp_path / "s.zarr")
+    assert view.layers == model_order and view.layer_order_source == "store"
+    index = build_report(write(df, tmp_path / "r.parquet"), tmp_path / "s.zarr", tmp_path / "rep")
+    html = index.read_text()
+    assert "probestore report: toy-mnist" in html and "2 classes" in html
+    # The depth finding follows the store's order: first hidden = relu4, last = relu3.
+    depth = FD.depth_finding(view)
+    assert depth.numbers["first hidden"].startswith("relu4") and depth.numbers["last hidden"].startswith("relu3")
+
+
+# ---------------------------------------------------------------------- findings, hold / not hold
+@pytest.mark.parametrize(
+    "flag, key",
+    [
+        ("depth_falls", "depth"),
+        ("random_beats_pixels", "random_features"),
+        ("training_helps", "training"),
+        ("rcv_deep_falls", "rcv_corruption"),
+        ("clean_first", "clean_first"),
+        ("memorizing_less_selective", "selectivity"),
+    ],
+)
+def test_each_finding_flips_with_its_data(flag, key):
+    assert verdicts(make_table())[key] is True
+    flipped = verdicts(make_table(**{flag: False}))
+    assert flipped[key] is False
+    # Only findings that read the same numbers may change with it.
+    coupled = {"depth_falls": {"selectivity", "training"}, "random_beats_pixels": {"training"},
+               "training_helps": {"selectivity"}}.get(flag, set())  # fmt: skip
+    assert all(v is True for k, v in flipped.items() if k != key and k not in coupled)
+
+
+def test_finding_numbers_match_hand_computation():
+    view = make_view(make_table())
+    found = {f.key: f for f in compute_findings(view)}
+    p5 = progress(5)
+    errs = [clf_error(0.0, d, 5) for d in range(1, 5)]
+    depth = found["depth"]
+    assert depth.numbers["run"] == "gen" and depth.numbers["checkpoint"] == "epoch005"
+    assert depth.numbers["steps that increase"] == "0 of 3"
+    assert depth.numbers["test error per layer"] == pytest.approx(dict(zip(LAYERS[1:], errs)), abs=1e-4)
+    rnd = found["random_features"]
+    assert rnd.numbers["random network"] == "gen/epoch000"
+    assert rnd.numbers["input test error"] == pytest.approx(0.12)
+    assert rnd.numbers["best hidden layer"] == f"relu4 {0.08 - 0.02:.4f}"
+    rcv = found["rcv_corruption"]
+    # R² is linear in corruption: slope = -0.1 * depth * progress (0 at the input).
+    assert rcv.numbers["slope per layer"] == pytest.approx({f"relu{d}": -0.1 * d * p5 for d in range(1, 5)}, abs=1e-4)
+    clean = found["clean_first"].numbers["epoch learned, per run"]
+    assert set(clean) == {"mem50"}  # mem100 has no clean samples
+    assert clean["mem50"].startswith("clean at 3, corrupted at 5")
+    sel = found["selectivity"].numbers
+    gen_sel = np.mean([0.9 - clf_error(0.0, d, 5) for d in range(1, 5)])
+    mem_sel = np.mean([0.9 - clf_error(1.0, d, 5) for d in range(1, 5)])
+    assert sel["memorizing"] == "mem100"
+    assert sel["gen (mean over hidden layers)"]["mean selectivity"] == pytest.approx(gen_sel, abs=1e-4)
+    assert sel["mem100 (mean over hidden layers)"]["mean selectivity"] == pytest.approx(mem_sel, abs=1e-4)
+    assert sel["mem100 (mean over hidden layers)"]["control train accuracy"] == pytest.approx(
+        np.mean([0.5 + 0.05 * d for d in range(1, 5)]), abs=1e-4
+    )
+
+
+def test_learned_at_uses_the_gain_not_the_final_value():
+    x = [0, 1, 3, 5]
+    assert FD.learned_at(x, [0.1, 0.5, 0.95, 1.0]) == 3
+    assert FD.learned_at(x, [0.1, 0.91, 0.95, 1.0]) == 1
+    # 10% -> 12% is chance throughout: not learned (90% of *final* would say epoch 0).
+    assert FD.learned_at(x, [0.10, 0.11, 0.115, 0.12]) is None
+
+
+def test_slope_against_numpy():
+    rng = np.random.default_rng(0)
+    x, y = rng.random(7), rng.random(7)
+    assert FD.slope(x, y) == pytest.approx(np.cov(x, y, bias=True)[0, 1] / np.var(x))
+    assert math.isnan(FD.slope([0.5, 0.5], [1, 2]))
+
+
+# ---------------------------------------------------------------------- figures' data
+def test_mspe_table_roles_and_values():
+    df = make_table()
+    view = make_view(df)
+    data = F.mspe_table_data(view)
+    assert data.attrs["layer"] == "relu1"
+    assert data.attrs["sources"] == {"random": "gen/epoch000", "memorizing": "mem100/epoch005",
+                                     "generalizing": "gen/epoch005"}  # fmt: skip
+    assert list(data.index) == ["random", "memorizing", "generalizing"]
+    assert data.loc["memorizing", "area"] == pytest.approx(2.0 * (1 - area_r2(1.0, 1, 5)))
+    assert data.loc["random", "eccentricity"] == pytest.approx(0.1 * 0.5)
+    cells = dict(F.mspe_cells(data))
+    assert cells["generalizing"][0] == (f"{2.0 * (1 - area_r2(0.0, 1, 5)):.3g}", True)  # lowest area MSPE
+    # A run named "random" takes the random row; table_layer picks the layer.
+    rnd = df[(df["run"] == "gen") & (df["checkpoint"] == "epoch000")].assign(run="random", checkpoint="init")
+    data = F.mspe_table_data(make_view(pd.concat([df, rnd])), "relu3")
+    assert data.attrs["sources"]["random"] == "random/init" and data.attrs["layer"] == "relu3"
+
+
+def test_selectivity_recomputed_when_column_missing():
+    df = make_table().drop(columns=["selectivity_test"])
+    data = F.selectivity_data(make_view(df))
+    row = data[(data["run"] == "mem50") & (data["layer"] == "relu2")].iloc[0]
+    assert row["selectivity"] == pytest.approx(0.9 - clf_error(0.5, 2, 5))
+    assert row["control_train_accuracy"] == pytest.approx(0.6)
+
+
+def test_rcv_corruption_and_clean_data():
+    view = make_view(make_table())
+    data = F.rcv_corruption_data(view)
+    assert data.attrs["concepts"] == ["area"]
+    got = data[data["layer"] == "relu3"].set_index("corruption_fraction")["test_r2"]
+    assert got.to_dict() == pytest.approx({c: area_r2(c, 3, 5) for c in (0.0, 0.5, 1.0)})
+    clean = F.clean_corrupted_data(view)
+    assert set(clean["run"]) == {"mem50", "mem100"}
+    mem100 = clean[clean["run"] == "mem100"]
+    assert "clean samples" not in set(mem100["series"])  # a fully corrupted run has none
+    r = clean[(clean["run"] == "mem50") & (clean["series"] == "corrupted vs true labels") & (clean["x"] == 3)]
+    assert r["accuracy"].iloc[0] == pytest.approx(0.1 + 0.3 * progress(3))
+    chosen = F.rcv_epochs_data(view)
+    assert chosen.attrs["layers"] == ["relu1", "relu4"]
+    assert chosen.attrs["concepts"] == ["area", "eccentricity"]  # area varies most
+
+
+def test_one_colour_per_run_across_figures():
+    view = make_view(make_table())
+    colours = style.run_colors(view.runs)
+    assert view.runs == ["gen", "mem50", "mem100"] and len(set(colours.values())) == 3
+    figs = [
+        F.plot_layer_error(F.layer_error_data(view), view),
+        F.plot_rcv_epochs(F.rcv_epochs_data(view), view),
+        F.plot_selectivity(F.selectivity_data(view), view),
+    ]
+    seen = 0
+    for fig in figs:
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                run = line.get_label().split(" (")[0]
+                if run in colours:
+                    assert line.get_color() == colours[run]
+                    seen += 1
+        assert all(ax.get_ylabel() for ax in fig.axes if ax.get_visible() and ax.get_lines() and ax.get_legend())
+    assert seen >= 3 * 2 + 3 * 2 * 2 + 3 * 3
+
+
+def test_report_never_imports_torch_or_pyplot():
+    code = (
+        "import sys, analyze.report; "
+        "bad = [m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
