@@ -48,7 +48,7 @@ demo-data:
 	fi
 
 demo: setup demo-data
-	$(PY) -m analyze.demo --out $(DEMO_DIR)
+	$(PY) experiments/demo.py --out $(DEMO_DIR)
 
 bench: setup
 	$(PY) -m benchmarks.run --out $(BENCH_DIR)

@@ -86,6 +86,9 @@ class DatasetSpec:
         Keep a class-stratified, seeded subsample of this size (original order kept).
     seed : int
         Seed of the subsample (and of the normalization estimate on large folders).
+    class_names : list of str, optional
+        Names of the labels 0..K-1 when the files carry none (IDX files only store
+        integers: Fashion-MNIST's "T-shirt/top", "Trouser"... go here).
     """
 
     kind: str
@@ -99,6 +102,7 @@ class DatasetSpec:
     std: tuple[float, ...] | None = None
     max_samples: int | None = None
     seed: int = 0
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         self._validate("DatasetSpec")
@@ -156,6 +160,11 @@ class DatasetSpec:
             check_range(self.max_samples, low=1, where=f"{where}.max_samples")
         check_type(self.seed, int, where=f"{where}.seed")
         check_range(self.seed, low=0, where=f"{where}.seed")
+        if self.class_names is not None:
+            check_type(self.class_names, (list, tuple), where=f"{where}.class_names")
+            for name in self.class_names:
+                check_type(name, str, where=f"{where}.class_names")
+            self.class_names = [str(c) for c in self.class_names]
         if self.name is None:
             self.name = _default_name(kind, self.path, self.subset)
         check_type(self.name, str, where=f"{where}.name")
@@ -480,6 +489,11 @@ def load_dataset(spec: DatasetSpec) -> ImageDataset:
               "digits": _load_digits}[spec.kind]
     spec = dataclasses.replace(spec)  # the resolved copy this dataset records
     ids, labels, class_names, payload, extra = loader(spec)
+    if spec.class_names is not None:
+        if len(spec.class_names) < len(class_names):
+            raise ConfigError("too few class_names for the labels found", where="dataset.class_names",
+                              expected=f"at least {len(class_names)} names", got=len(spec.class_names))
+        class_names = list(spec.class_names)
     keep = _stratified_subsample(labels, spec.max_samples, spec.seed)
     ids, labels = ids[keep], labels[keep]
     predefined = extra.pop("predefined_split", None)

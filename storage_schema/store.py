@@ -68,7 +68,7 @@ def config_hash(config: dict[str, Any] | None) -> str | None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def create_store(path: str | Path, **kwargs: Any) -> ActivationStore:
@@ -409,6 +409,9 @@ class ActivationStore:
         }
         require_fields("run", attrs, f"run {name!r}")
         require_fields("corruption", corruption, f"run {name!r} corruption")
+        half_made = self._backend.node_kind(node) == "group" and "architecture" not in self._backend.get_attrs(node)
+        if half_made:  # a writer was killed before the run's metadata: start it again
+            self._backend.delete(node)
         if self._backend.node_kind(node) == "group":
             existing = self.run_info(name)
             same = (
@@ -592,14 +595,16 @@ class ActivationStore:
                 fix="use --overwrite to re-extract, or a new store",
             )
         rows = chunk_rows or layout.chunk_rows_for(int(n_features), np.dtype(dtype).itemsize, self.n_samples)
+        # Attributes first, array last: until the array exists readers skip the block, so
+        # a reader (or a writer killed here) never meets an array without metadata.
         self._backend.require_group(group)
+        self._backend.update_attrs(group, {**attrs, "complete": False, "rows_done": 0})
         self._backend.create_array(
             array,
             shape=(self.n_samples, int(n_features)),
             dtype=np.dtype(dtype),
             chunks=(max(1, min(rows, self.n_samples)), max(1, int(n_features))),
         )
-        self._backend.update_attrs(group, {**attrs, "complete": False, "rows_done": 0})
         return self.block_info(run, checkpoint, block)
 
     def write_rows(self, run: str, checkpoint: str, block: str, start: int, values: np.ndarray) -> None:

@@ -1,0 +1,447 @@
+"""Glue from an experiment config to trained checkpoints and a filled store.
+
+The order of work is chosen so that every mistake a user can make surfaces before
+anything expensive happens: the config is parsed, the dataset indexed, the model built
+and the layers and reductions planned (one dry forward pass), every run's checkpoint
+list resolved, and the store's config hash compared, all before concept measures are
+computed or the first real batch runs.
+
+Several processes (``--shard i/n``) may fill one store at once. Setting the store up
+(creating it, adding targets, runs and shared random indices) happens under an
+exclusive lock on ``<store>.extract-lock``, so exactly one shard creates the store and
+computes the concept measures while the others wait and then open it and check its
+config hash. After setup each shard writes only its own checkpoints (every n-th of a
+fixed global order: runs in config order, checkpoints by epoch), which the store
+allows concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.config import ExperimentConfig, RunSpec
+from storage_schema.errors import CheckpointError, ConfigError
+from storage_schema.names import validate_name
+from storage_schema.store import config_hash
+
+__all__ = [
+    "Experiment",
+    "architecture_id",
+    "load_experiment",
+    "train_runs",
+    "run_extraction",
+    "parse_shard",
+    "ExtractionSummary",
+]
+
+LOCK_SUFFIX = ".extract-lock"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def architecture_id(spec_dict: dict[str, Any]) -> str:
+    """Stable store-safe id of a model spec: runs with equal specs share random indices.
+
+    ``<name>-<first 12 hex of sha256(canonical JSON of the spec)>``, e.g.
+    ``mlp-3f9a0c12be47``; the name part is for humans only.
+    """
+    text = json.dumps(spec_dict, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    name = str(spec_dict.get("name", "model")).replace("factory:", "").replace(":", "-")
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:60] or "model"
+    return validate_name(f"{name}-{digest}", "architecture")
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; None -> ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    try:
+        i_text, n_text = str(text).split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise ConfigError("bad --shard", where="--shard", expected="i/n, e.g. 0/2", got=repr(text)) from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError("bad --shard", where="--shard", expected="0 <= i < n", got=repr(text),
+                          fix="shards are numbered from 0: --shard 0/2 and --shard 1/2")
+    return i, n
+
+
+@dataclass
+class Experiment:
+    """A config with its dataset loaded and derived pieces computed (no store yet).
+
+    Attributes
+    ----------
+    config : ExperimentConfig
+    dataset : ImageDataset
+    splits : numpy.ndarray of int8
+        Split codes in dataset order.
+    spec : ModelSpec
+        Model spec with the dataset's class count and input shape.
+    architecture : str
+        :func:`architecture_id` of ``spec``.
+    """
+
+    config: ExperimentConfig
+    dataset: Any
+    splits: np.ndarray
+    spec: Any
+    architecture: str
+    _labels: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def run_labels(self, run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
+        """``(train_labels, corrupted)`` of a run (corruption seeded by the run's seed)."""
+        if run.name not in self._labels:
+            from extract.corruption import corrupt_labels
+
+            labels = self.dataset.labels
+            if run.corruption == 0:
+                out = (labels.astype(np.int64).copy(), np.zeros(len(labels), bool))
+            else:
+                out = corrupt_labels(labels, self.splits, run.corruption,
+                                     len(self.dataset.class_names), run.mode, run.seed)
+            self._labels[run.name] = out
+        return self._labels[run.name]
+
+    def build_model(self, seed: int):
+        from extract.models import build_model
+
+        return build_model(self.spec, seed=seed)
+
+
+def load_experiment(config: ExperimentConfig) -> Experiment:
+    """Load the dataset, assign splits and build the model spec of ``config``."""
+    from extract.datasets import load_dataset
+    from extract.models import ModelSpec
+    from extract.splits import assign_splits
+
+    ds = load_dataset(config.dataset)
+    fractions = {k: config.splits[k] for k in ("train", "valid", "test")}
+    predefined = None
+    if config.splits["predefined"]:
+        if ds.predefined_split is None:
+            raise ConfigError("the dataset has no predefined split", where=f"{config.source} [splits].predefined",
+                              got=config.dataset.kind, fix="set predefined = false")
+        predefined = ds.predefined_split
+    splits = assign_splits(ds.labels, fractions, config.seed, predefined=predefined)
+    h, w = ds.image_shape[:2]
+    spec = ModelSpec(name=config.model["name"], num_classes=len(ds.class_names),
+                     input_shape=(int(ds.channels), int(h), int(w)), options=config.model["options"])
+    return Experiment(config, ds, splits, spec, architecture_id(spec.to_dict()))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_runs(exp: Experiment, runs: Sequence[RunSpec], *, progress: bool = True) -> list[Path]:
+    """Train every run without ``checkpoints =`` (skipping runs whose manifest is complete)."""
+    from extract.train import train_model
+
+    manifests = []
+    for run in runs:
+        if not run.trained:
+            _log(f"[{run.name}] imported checkpoints ({run.checkpoints}): nothing to train")
+            continue
+        config = exp.config.train_config(run)
+        train_labels, corrupted = exp.run_labels(run)
+        model = exp.build_model(run.seed)
+        t0 = time.perf_counter()
+        manifest = train_model(model, exp.dataset, exp.splits, train_labels, corrupted, config,
+                               exp.config.checkpoints_dir, run_name=run.name, progress=progress)
+        _log(f"[{run.name}] manifest {manifest} ({time.perf_counter() - t0:.1f} s)")
+        manifests.append(manifest)
+    return manifests
+
+
+def checkpoint_refs(exp: Experiment, run: RunSpec) -> list:
+    """The run's checkpoints: its training manifest, or the imported source."""
+    from extract.checkpoints import resolve_checkpoints
+    from extract.train import MANIFEST
+
+    if run.trained:
+        manifest = exp.config.run_dir(run) / MANIFEST
+        if not manifest.is_file():
+            raise ConfigError(f"run {run.name!r} has not been trained yet", where=str(manifest),
+                              expected="a training manifest", got="no manifest",
+                              fix=f"run `probestore train {exp.config.source} --runs {run.name}` first")
+        return resolve_checkpoints(manifest)
+    assert run.checkpoints is not None  # imported run
+    return resolve_checkpoints(run.checkpoints)
+
+
+# --------------------------------------------------------------------------- store setup
+
+
+@contextlib.contextmanager
+def setup_lock(store_path: Path):
+    """Exclusive inter-process lock for creating / setting up one store."""
+    lock = store_path.with_name(store_path.name + LOCK_SUFFIX)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _json_safe(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def open_or_create_store(exp: Experiment, *, overwrite: bool = False, sharded: bool = False):
+    """Open the experiment's store, creating it if missing (call under :func:`setup_lock`).
+
+    An existing store with a different config hash is refused unless ``overwrite``,
+    which re-creates it. With ``sharded``, ``overwrite`` re-creates only a store of a
+    *different* config: n shards started with ``--overwrite`` then agree on one store
+    instead of deleting each other's work.
+    """
+    from storage_schema.store import create_store, open_store
+
+    cfg = exp.config
+    content = _json_safe(cfg.content())
+    want = config_hash(content)
+    path = cfg.store
+    ds = exp.dataset
+    exists = path.exists()
+    if exists:
+        store = open_store(path, "a")
+        same = store.config_hash == want
+        if same and not (overwrite and not sharded):
+            from storage_schema.fingerprint import dataset_fingerprint
+
+            store.check_fingerprint(dataset_fingerprint(ds.sample_ids, ds.labels),
+                                    where=f"{path} vs the dataset of {cfg.source}")
+            return store, False
+        if not same and not overwrite:
+            diffs = _differences(store.config or {}, content)
+            store.close()
+            raise ConfigError(
+                "the store was written with a different experiment config", where=str(path),
+                expected=f"config hash {store.config_hash}",
+                got=f"{want}; differences: " + "; ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else ""),
+                fix="use another store path (--store), or --overwrite to delete and re-extract it")
+        store.close()
+        _log(f"re-creating {path} (--overwrite)")
+    store = create_store(path, dataset_name=ds.name, sample_ids=ds.sample_ids, labels=ds.labels,
+                         splits=exp.splits, class_names=ds.class_names,
+                         split_names=("train", "valid", "test"), source=_json_safe(ds.to_dict()),
+                         config=content, overwrite=exists)
+    return store, True
+
+
+def add_targets(store, exp: Experiment, *, progress: bool = True) -> None:
+    """Class label and concept targets (computed once; present ones are kept)."""
+    from extract.concepts import (
+        CONCEPT_FAMILIES,
+        binary_concept_from_folder,
+        compute_concepts,
+        concept_descriptions,
+        load_concept_csv,
+    )
+
+    ds, opts = exp.dataset, exp.config.concepts
+    present = set(store.target_names())
+    store.add_target("label", ds.labels, "class", family="class",
+                     description="true class label: index into the dataset's class_names")
+    missing = [f for f in opts.families if not set(CONCEPT_FAMILIES[f]) <= present]
+    if missing:
+        t0 = time.perf_counter()
+        images = _RawImages(ds)
+        values = compute_concepts(images, families=missing,  # type: ignore[arg-type]
+                                  n_jobs=opts.n_jobs, progress=progress,
+                                  texture_levels=opts.texture_levels)
+        desc = concept_descriptions(opts.texture_levels)
+        for family in missing:
+            for name in CONCEPT_FAMILIES[family]:
+                store.add_target(name, values[name], "continuous", family=family,
+                                 description=desc.get(name, ""))
+        _log(f"concepts {', '.join(missing)}: {len(ds)} images in {time.perf_counter() - t0:.1f} s")
+    for csv_path in opts.csv:
+        for name, vals in load_concept_csv(csv_path, ds.sample_ids).items():
+            store.add_target(name, vals, "continuous", family="user",
+                             description=f"user concept from {Path(csv_path).name}")
+    for name, folder in opts.folders.items():
+        store.add_target(name, binary_concept_from_folder(folder, ds.sample_ids), "binary",
+                         family="user", description=f"1 = example image in {folder}")
+
+
+class _RawImages:
+    """Sequence view of the resized uint8 images (what concept measures are computed on)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ds.raw(int(i))
+
+
+def add_runs(store, exp: Experiment, runs: Sequence[RunSpec]) -> None:
+    """Register runs (idempotent): model spec, architecture id, labels, corruption."""
+    for run in runs:
+        train_labels, corrupted = exp.run_labels(run)
+        training = (exp.config.train_config(run).to_dict() if run.trained
+                    else {"imported_from": str(run.checkpoints)})
+        store.add_run(run.name, model=exp.spec.to_dict(), architecture=exp.architecture,
+                      train_labels=train_labels, corrupted=corrupted,
+                      corruption={"fraction": float(run.corruption),
+                                  "mode": run.mode if run.corruption > 0 else "none",
+                                  "seed": int(run.seed)},
+                      training=_json_safe(training), description=run.description)
+
+
+def save_indices(store, exp: Experiment, plan) -> None:
+    """Store each random-subset layer's indices once per architecture (refuse a mismatch)."""
+    for name, p in plan.reductions.items():
+        if p.kind == "random":
+            store.save_reduction_indices(exp.architecture, name, p.indices, reduction=p.to_dict(),
+                                         source_shape=list(p.source_shape))
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@dataclass
+class ExtractionSummary:
+    """Totals over the checkpoints this process handled."""
+
+    store: Path
+    done: list = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_stored(self) -> int:
+        return sum(s.bytes_stored for s in self.done)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.done)
+
+    def lines(self) -> list[str]:
+        out = [f"{s.run}/{s.checkpoint}: {s.rows} samples"
+               + (f" (resumed at row {s.resumed_from})" if s.resumed_from else "")
+               + f" in {s.seconds:.1f} s, {s.samples_per_s:.0f} samples/s, "
+               f"{s.bytes_stored / 2**20:.1f} MiB" for s in self.done]
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        out.append(f"extracted {len(self.done)} checkpoint(s), skipped {len(self.skipped)} complete; "
+                   f"{self.bytes_stored / 2**20:.1f} MiB stored in {self.seconds:.1f} s "
+                   f"({rate:.0f} samples/s) -> {self.store}")
+        return out
+
+
+def global_order(exp: Experiment, runs: Sequence[RunSpec]) -> list[tuple[RunSpec, Any]]:
+    """Every (run, checkpoint ref) in the fixed order shards split by index."""
+    return [(run, ref) for run in runs for ref in checkpoint_refs(exp, run)]
+
+
+def _load_checkpoint_model(exp: Experiment, run: RunSpec, ref):
+    from extract.checkpoints import load_into, load_state_dict, sha256_file
+
+    model = exp.build_model(run.seed)
+    if ref.path is None:
+        return model, None, f"random-init:seed={run.seed}"
+    digest = sha256_file(ref.path)
+    if ref.sha256 is not None and ref.sha256 != digest:
+        raise CheckpointError("checkpoint file changed since its manifest was written",
+                              where=str(ref.path), expected=f"sha256 {ref.sha256}", got=f"sha256 {digest}",
+                              fix="retrain the run, or fix the manifest")
+    load_into(model, load_state_dict(ref.path), where=str(ref.path))
+    return model, digest, str(ref.path)
+
+
+def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = None,
+                   shard: tuple[int, int] = (0, 1), overwrite: bool = False,
+                   progress: bool = True) -> ExtractionSummary:
+    """Create / open the store and extract this shard's checkpoints.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+    runs : sequence of str, optional
+        Run names to extract (default: all). Shards must be given the same list.
+    shard : (int, int)
+        ``(i, n)``: this process takes checkpoints ``i, i + n, i + 2n, ...`` of the
+        global order (runs in config order, each run's checkpoints by epoch).
+    overwrite : bool
+        Re-create the store (see :func:`open_or_create_store` for shards).
+    progress : bool
+
+    Returns
+    -------
+    ExtractionSummary
+    """
+    import torch
+
+    from extract.device import resolve_device
+    from extract.runner import extract_checkpoint, plan_extraction
+
+    t_start = time.perf_counter()
+    exp = load_experiment(config)
+    selected = config.select_runs(runs)
+    device = resolve_device(config.extract.device)
+    # Validate everything cheap before anything expensive.
+    probe_model = exp.build_model(config.seed)
+    plan = plan_extraction(probe_model, exp.spec.input_shape, config.extract)
+    del probe_model
+    order = global_order(exp, selected)
+    i, n = shard
+    mine = [item for k, item in enumerate(order) if k % n == i]
+    with setup_lock(config.store):
+        store, created = open_or_create_store(exp, overwrite=overwrite, sharded=n > 1)
+        add_targets(store, exp, progress=progress)
+        add_runs(store, exp, selected)
+        stored = {name: store.load_reduction_indices(exp.architecture, name) for name in plan.layers}
+        plan = plan_extraction(exp.build_model(config.seed), exp.spec.input_shape, config.extract,
+                               stored_indices={k: v for k, v in stored.items() if v is not None})
+        save_indices(store, exp, plan)
+    _log(f"{'created' if created else 'opened'} {config.store}: {len(exp.dataset)} samples, "
+         f"{len(plan.layers)} layer(s) + outputs, {len(mine)} of {len(order)} checkpoint(s) "
+         f"for shard {i}/{n} on {device}")
+    summary = ExtractionSummary(store=config.store)
+    tds = exp.dataset.torch_dataset()
+    for run, ref in mine:
+        info = store.checkpoint_info(run.name, ref.name)
+        if info is not None and info.complete:
+            summary.skipped.append(f"{run.name}/{ref.name}")
+            continue
+        model, digest, source = _load_checkpoint_model(exp, run, ref)
+        store.add_checkpoint(run.name, ref.name, epoch=ref.epoch, step=ref.step, source=source,
+                             sha256=digest)
+        stats = extract_checkpoint(store, run.name, ref.name, model, tds, plan, config.extract,
+                                   device=device, progress=progress)
+        summary.done.append(stats)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    summary.seconds = time.perf_counter() - t_start
+    store.close()
+    return summary
+

@@ -1,0 +1,387 @@
+"""The extraction loop: one forward pass per batch, every selected layer, reduced on the device.
+
+For each checkpoint the whole dataset goes through the network once, in store order,
+in batches ``[k * batch_size, (k + 1) * batch_size)``. :class:`extract.layers.LayerTaps`
+reduces each selected layer inside its forward hook, so only ``[batch, k]`` tensors
+leave the device; they are copied to the host in one transfer per batch and handed to
+the background :class:`extract.writer.CheckpointWriter`.
+
+Resuming restarts at ``min(rows_done)`` over the checkpoint's blocks rounded *down* to
+a multiple of the batch size: batches are then exactly those of an uninterrupted run
+(batch composition can change the floats of a batched matmul), so the resumed store
+is identical to an uninterrupted one.
+
+The pseudo-layer ``"input"`` is the network input itself (after normalization),
+reduced like any layer: the baseline a probe on raw pixels gives (Alain & Bengio).
+Its ``auto`` reduction is ``flatten`` (every pixel) when it fits
+``max_flatten_features``, else ``random:<max_flatten_features>``. A model module
+literally named ``input`` takes precedence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from extract.config import INPUT_LAYER, ExtractOptions
+from extract.device import autocast_context, prepare_device
+from extract.layers import LayerTaps, list_layers, select_layers
+from extract.reductions import ReductionPlan, build_reducer, plan_reduction
+from extract.writer import CheckpointWriter
+from storage_schema import layout
+from storage_schema.errors import ConfigError, DataError, did_you_mean
+
+__all__ = ["ExtractionPlan", "plan_extraction", "BatchExtractor", "batch_loader",
+           "extract_checkpoint", "CheckpointStats"]
+
+
+@dataclass
+class ExtractionPlan:
+    """What is stored per checkpoint: the layers, their reductions and the output size.
+
+    Attributes
+    ----------
+    layers : list of str
+        Feature blocks in store order: ``"input"`` first when asked, then model order.
+    reductions : dict of str to ReductionPlan
+    n_outputs : int
+        Width of the model output (logits) block.
+    source_shapes : dict of str to tuple
+        Layer output shapes without the batch dimension.
+    """
+
+    layers: list[str]
+    reductions: dict[str, ReductionPlan]
+    n_outputs: int
+    source_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def n_features(self) -> int:
+        """Stored floats per sample over all blocks (outputs included)."""
+        return sum(p.n_features for p in self.reductions.values()) + self.n_outputs
+
+
+def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: ExtractOptions,
+                    *, device: str | torch.device = "cpu",
+                    stored_indices: Mapping[str, np.ndarray] | None = None) -> ExtractionPlan:
+    """Resolve layer patterns and plan every reduction, before any data is read.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        On ``device``; one dry forward pass on a dummy batch finds the output shapes.
+    input_shape : sequence of int
+        ``(C, H, W)`` of one sample.
+    options : ExtractOptions
+        Layers, reductions (default and per-layer overrides), seed, flatten limit.
+    device : str or torch.device
+    stored_indices : mapping, optional
+        Random-subset indices already in the store (per layer): they must equal the
+        ones drawn now.
+
+    Returns
+    -------
+    ExtractionPlan
+
+    Raises
+    ------
+    ConfigError
+        A pattern or override matching no layer (with the closest names), a reduction
+        that does not fit a layer, a model whose output is not ``[batch, K]``.
+    """
+    module_names = {n for n, _ in model.named_modules() if n}
+    pseudo_input = INPUT_LAYER in options.layers and INPUT_LAYER not in module_names
+    patterns = [p for p in options.layers if not (pseudo_input and p == INPUT_LAYER)]
+    chosen = select_layers(model, patterns) if patterns else []
+    shapes = {d.name: d.output_shape for d in list_layers(model, input_shape, device=device)}
+    not_run = [n for n in chosen if n not in shapes]
+    if not_run:
+        raise ConfigError(f"{len(not_run)} selected layer(s) do not output a tensor in a forward pass",
+                          where="extract.layers", got=not_run[:5],
+                          fix="select modules that run and return a tensor (`probestore layers` lists them)")
+    layers = ([INPUT_LAYER] if pseudo_input else []) + chosen
+    if pseudo_input:
+        shapes[INPUT_LAYER] = tuple(int(s) for s in input_shape)
+    for key in options.reductions:
+        if key not in layers and not any(_glob_match(n, key) for n in layers):
+            raise ConfigError(f"reduction override {key!r} matches no selected layer",
+                              where="extract.reductions", expected=layers[:10], got=repr(key),
+                              fix=did_you_mean(key, layers) or "select the layer in extract.layers, "
+                                                              "or remove the override")
+    plans = {}
+    for name in layers:
+        stored = None if stored_indices is None else stored_indices.get(name)
+        spec = options.reduction_for(name)
+        if name == INPUT_LAYER and pseudo_input and spec == "auto":
+            spec = _input_auto(shapes[name], options.max_flatten_features)
+        if stored is not None and not spec.strip().lower().startswith("random"):
+            stored = None  # indices of another reduction: the store refuses the mix later
+        plans[name] = plan_reduction(spec, name, shapes[name], seed=options.reduction_seed,
+                                     max_flatten_features=options.max_flatten_features,
+                                     indices=stored)
+    n_outputs = _output_width(model, input_shape, device)
+    return ExtractionPlan(layers, plans, n_outputs, {n: tuple(shapes[n]) for n in layers})
+
+
+def _input_auto(shape: Sequence[int], limit: int) -> str:
+    """``auto`` for the input: all pixels when they fit (the raw-pixel probe baseline).
+
+    Pooling an image to its channel means (what ``auto`` does for a 4-D layer) would
+    leave 1 or 3 numbers, no baseline at all; above ``limit`` a fixed random subset of
+    ``limit`` pixels is kept instead.
+    """
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return "flatten" if n <= limit else f"random:{limit}"
+
+
+def _glob_match(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _output_width(model: nn.Module, input_shape: Sequence[int], device) -> int:
+    x = torch.zeros((2, *input_shape), device=device,
+                    dtype=next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                               torch.float32))
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    finally:
+        model.train(training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError("model output is not a [batch, K] tensor", where="model", got=shape,
+                          fix="use a classification model (torchvision inception_v3: aux_logits=False)")
+    return int(out.shape[1])
+
+
+class BatchExtractor:
+    """Forward one batch and return every block's reduced rows, on the device.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Already on ``device`` and in eval mode.
+    plan : ExtractionPlan
+    device : torch.device
+    amp : {"none", "bf16", "fp16"}
+        Autocast of the forward pass; reductions run under it too, but the reducers
+        return float32.
+
+    Notes
+    -----
+    Use as a context manager (the hooks live inside it). Calling it returns a dict
+    block name -> float32 tensor ``[batch, k]`` with the layers in plan order, then
+    ``layout.OUTPUTS``.
+    """
+
+    def __init__(self, model: nn.Module, plan: ExtractionPlan, device: torch.device,
+                 amp: str = "none") -> None:
+        self.model = model
+        self.plan = plan
+        self.device = device
+        self.amp = amp
+        self.reducers = {n: build_reducer(plan.reductions[n], device, torch.float32)
+                         for n in plan.layers}
+        self._input_reducer = self.reducers.get(INPUT_LAYER) if INPUT_LAYER in plan.layers and \
+            INPUT_LAYER not in dict(model.named_modules()) else None
+        hooked = {n: r for n, r in self.reducers.items() if r is not self._input_reducer}
+        self.taps = LayerTaps(model, hooked)
+
+    def __enter__(self) -> BatchExtractor:
+        self.taps.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.taps.close()
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode(), autocast_context(self.device, self.amp):
+            feats = {}
+            if self._input_reducer is not None:
+                feats[INPUT_LAYER] = self._input_reducer(x)
+            out = self.model(x)
+            feats.update(self.taps.pop())
+        result = {n: feats[n] for n in self.plan.layers}
+        result[layout.OUTPUTS] = out.float()
+        return result
+
+
+def to_host(blocks: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Float32 numpy copies of the blocks: one device-to-host transfer per batch.
+
+    On CPU the tensors are already fresh float32 arrays: no copy is made.
+    """
+    names = list(blocks)
+    tensors = [blocks[n].float() for n in names]
+    if tensors[0].device.type == "cpu":
+        return {n: t.numpy() for n, t in zip(names, tensors)}
+    flat = torch.cat(tensors, dim=1).cpu().numpy()
+    out, col = {}, 0
+    for n, t in zip(names, tensors):
+        out[n] = flat[:, col:col + t.shape[1]]
+        col += t.shape[1]
+    return out
+
+
+def batch_loader(torch_dataset, start: int, batch_size: int, *, device: torch.device,
+                 num_workers: int = 0):
+    """DataLoader over rows ``[start, n)`` in order, batches aligned on ``start``.
+
+    ``start`` must be a multiple of ``batch_size`` so that batches are always rows
+    ``[k * batch_size, (k + 1) * batch_size)``, whatever row a resumed run starts at.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    if start % batch_size:
+        raise ValueError(f"start row {start} is not a multiple of the batch size {batch_size}")
+    n = len(torch_dataset)
+    subset = Subset(torch_dataset, range(start, n))
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", drop_last=False,
+                      persistent_workers=False)
+
+
+@dataclass
+class CheckpointStats:
+    """What one checkpoint's extraction did (for the summary).
+
+    ``seconds`` is the whole checkpoint; ``setup_seconds`` (creating or finding the
+    blocks) and ``finish_seconds`` (waiting for the writer to drain, writing the
+    tails, completion markers and the page-cache flush) are the fixed costs around the
+    loop, ``write_seconds`` the writer thread's time in store writes (overlapped).
+    """
+
+    run: str
+    checkpoint: str
+    rows: int = 0
+    resumed_from: int = 0
+    seconds: float = 0.0
+    setup_seconds: float = 0.0
+    finish_seconds: float = 0.0
+    write_seconds: float = 0.0
+    bytes_stored: int = 0
+    skipped: bool = False
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+def create_blocks(store, run: str, checkpoint: str, plan: ExtractionPlan, *, dtype: str,
+                  chunk_rows: int | None = None) -> list:
+    """Create (or find, when resuming) the checkpoint's blocks; return their BlockMeta."""
+    metas = []
+    for name in plan.layers:
+        p = plan.reductions[name]
+        metas.append(store.create_block(run, checkpoint, name, n_features=p.n_features, dtype=dtype,
+                                        source_shape=list(p.source_shape), reduction=p.to_dict(),
+                                        chunk_rows=chunk_rows))
+    metas.append(store.create_block(run, checkpoint, layout.OUTPUTS, n_features=plan.n_outputs,
+                                    dtype=dtype, source_shape=[plan.n_outputs],
+                                    reduction={"kind": "none"}, chunk_rows=chunk_rows))
+    return metas
+
+
+def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch_dataset,
+                       plan: ExtractionPlan, options: ExtractOptions, *, device: torch.device,
+                       progress: bool = True) -> CheckpointStats:
+    """Fill (or finish) one registered checkpoint's blocks with one pass over the data.
+
+    Parameters
+    ----------
+    store : ActivationStore
+        Open for appending; the checkpoint is registered (``add_checkpoint``).
+    run, checkpoint : str
+    model : torch.nn.Module
+        Weights loaded; moved to ``device`` and set to eval mode here.
+    torch_dataset : torch.utils.data.Dataset
+        Yields ``(input tensor, row index)`` in store order
+        (:meth:`extract.datasets.ImageDataset.torch_dataset`).
+    plan : ExtractionPlan
+    options : ExtractOptions
+        ``batch_size``, ``num_workers``, ``amp``, ``dtype``, ``chunk_rows``.
+    device : torch.device
+    progress : bool
+        tqdm bar with samples/s and ETA.
+
+    Returns
+    -------
+    CheckpointStats
+
+    Raises
+    ------
+    DataError
+        Non-finite features (refused by the store), a dataset of the wrong length.
+    """
+    n = store.n_samples
+    if len(torch_dataset) != n:
+        raise DataError("dataset and store differ in length", where=str(store.path),
+                        expected=n, got=len(torch_dataset))
+    prepare_device(device)
+    model.to(device).eval()
+    metas = create_blocks(store, run, checkpoint, plan, dtype=options.dtype,
+                          chunk_rows=options.chunk_rows)
+    bs = options.batch_size
+    stats = CheckpointStats(run, checkpoint)
+    t0 = time.perf_counter()
+    with CheckpointWriter(store, run, checkpoint, metas, plan.layers) as writer:
+        stats.setup_seconds = time.perf_counter() - t0
+        start = (writer.resume_row // bs) * bs
+        stats.resumed_from = start
+        loader = batch_loader(torch_dataset, start, bs, device=device,
+                              num_workers=options.num_workers)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=start, unit="sample", unit_scale=True, disable=not progress,
+                   desc=f"{run}/{checkpoint}", dynamic_ncols=True, leave=True)
+        try:
+            with BatchExtractor(model, plan, device, options.amp) as extractor:
+                row = start
+                for x, idx in loader:
+                    k = len(idx)
+                    if int(idx[0]) != row or int(idx[-1]) != row + k - 1:
+                        raise DataError("the data loader returned rows out of order",
+                                        where="extraction loop", expected=f"rows {row}..{row + k - 1}",
+                                        got=f"{int(idx[0])}..{int(idx[-1])}")
+                    blocks = extractor(x.to(device, non_blocking=True))
+                    writer.put(row, to_host(blocks))
+                    row += k
+                    bar.update(k)
+            t_loop = time.perf_counter()
+            writer.finish()
+            stats.finish_seconds = time.perf_counter() - t_loop
+        finally:
+            bar.close()
+    stats.rows = n - start
+    stats.seconds = time.perf_counter() - t0
+    stats.write_seconds = writer.write_seconds
+    stats.bytes_stored = sum(store.stored_bytes(run, checkpoint, m.name) for m in metas)
+    return stats
+
+
+def expected_bytes(plan: ExtractionPlan, n_samples: int, dtype: str) -> int:
+    """Uncompressed bytes one checkpoint stores (for plans and dry runs)."""
+    return plan.n_features() * n_samples * int(np.dtype(dtype).itemsize)
+
+
+def describe_plan(plan: ExtractionPlan) -> list[str]:
+    """One line per block: name, source shape, reduction, stored features."""
+    lines = []
+    for name in plan.layers:
+        p = plan.reductions[name]
+        shape = "x".join(map(str, p.source_shape))
+        k = f":{p.params['k']}" if "k" in p.params else ""
+        lines.append(f"{name:<24} {shape:>14} {p.kind + k:>14} {p.n_features:>8}")
+    lines.append(f"{layout.OUTPUTS:<24} {plan.n_outputs:>14} {'none':>14} {plan.n_outputs:>8}")
+    return lines
+
