@@ -1,0 +1,526 @@
+"""One Dask task: read one block once, fit every probe of it, return result rows.
+
+A task opens the store read-only *in the worker* (only the path travels), reads the
+block as float32 and hands the same in-memory splits to the batched solvers: all
+classifier probes (true labels, training labels, control labels, every C) in one
+:func:`~analyze.solvers.logistic.fit_logistic_block` call, all RCVs (every concept,
+every alpha) in one :func:`~analyze.solvers.ridge.fit_rcv_block` factorization. The
+per-sample data every block shares (labels, splits, control labels, concept targets)
+is built once by the driver (:func:`build_sample_data`) and scattered to the workers.
+
+Memory. A block of ``n × F`` features whose float32 size ``4nF`` is within
+``max_block_bytes`` is read whole: peak about ``4nF`` (the block) + ``4nF`` (its
+train/valid/test copies) + the solvers' float64 working copies of the splits (ridge:
+``8nF`` plus the ``F×F`` Gram; logistic: ``12·n_train·F`` standardized copies). A
+larger block is *streamed* in row chunks of at most ``max_block_bytes / 4`` bytes:
+
+- the RCVs from :class:`~analyze.solvers.standardize.GramAccumulator` statistics of
+  each split (``O(F² + F·T)`` float64: the rows are never held);
+- the classifier probes from the train and valid rows only, gathered in float32
+  (``4·(n_train + n_valid)·F`` plus the solver's copies of them), then the test split
+  is scored in a second pass from the fitted coefficients (its logits, ``n_test × K``,
+  are all that is kept).
+
+So the streamed peak is ``O(F²)`` for RCVs and ``≈ 16·(n_train + n_valid)·F`` bytes for
+the classifier; a block whose train split alone does not fit in memory needs a
+subsampled store (``max_samples``) or a reduction to fewer features.
+
+Failures. A data problem (:class:`~storage_schema.errors.ProbestoreError`: NaN/Inf
+features, a single class, a constant or NaN target, an empty split) becomes rows with
+``status="failed"`` and the reason, per probe group or per probe, and the rest of the
+block goes on. Anything else (an I/O error, a bug) propagates: the driver counts the
+block as not done and a rerun retries it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from analyze.config import AnalysisConfig
+from analyze.controls import control_labels
+from analyze.jobs import BlockJob, Plan, ProbeSpec
+from analyze.outputs import model_output_metrics
+from analyze.results import make_row
+from storage_schema.errors import ProbestoreError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class SampleData:
+    """Per-sample arrays shared by every block of an analysis (small; sent once).
+
+    Attributes
+    ----------
+    fingerprint : str
+        The store's dataset fingerprint: a worker refuses a store that changed since.
+    split_index : dict split -> int ndarray
+        Rows of ``train``, ``valid``, ``test`` (possibly empty), in store order.
+    labels, control : ndarray (n,)
+        True labels and the control task's relabeling (None without control probes).
+    train_labels, corrupted : dict run -> ndarray (n,)
+        Training labels and corrupted mask of each planned run.
+    targets : tuple of str
+        Concept targets (columns of ``target_values``).
+    target_values : ndarray (n, T) float64
+    """
+
+    fingerprint: str
+    n_samples: int
+    n_classes: int
+    split_index: dict[str, np.ndarray]
+    labels: np.ndarray
+    control: np.ndarray | None
+    train_labels: dict[str, np.ndarray]
+    corrupted: dict[str, np.ndarray]
+    targets: tuple[str, ...]
+    target_values: np.ndarray
+
+
+def build_sample_data(store, plan: Plan, config: AnalysisConfig) -> SampleData:
+    """Read the per-sample arrays the planned blocks need (driver side)."""
+    names = store.dataset.split_names
+    codes = store.splits()
+    split_index = {s: np.flatnonzero(codes == names.index(s)) if s in names else np.zeros(0, np.intp)
+                   for s in SPLITS}
+    labels = store.labels()
+    n_classes = len(store.dataset.class_names)
+    runs = sorted({j.run for j in plan.jobs})
+    targets = plan.targets
+    values = np.empty((store.n_samples, len(targets)), dtype=np.float64)
+    for t, name in enumerate(targets):
+        values[:, t] = store.read_target(name)
+    control = control_labels(labels, n_classes, config.control_seed) if "control" in config.probes else None
+    return SampleData(
+        fingerprint=store.fingerprint,
+        n_samples=store.n_samples,
+        n_classes=n_classes,
+        split_index=split_index,
+        labels=labels,
+        control=control,
+        train_labels={r: store.train_labels(r) for r in runs},
+        corrupted={r: store.corrupted_mask(r) for r in runs},
+        targets=targets,
+        target_values=values,
+    )
+
+
+@dataclass
+class BlockOutcome:
+    """What a task sends back: rows for the table, optionally weights."""
+
+    key: tuple[str, str, str]
+    rows: list[dict[str, Any]]
+    weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    weight_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+    streamed: bool = False
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _base(job: BlockJob, spec: ProbeSpec, sample: SampleData) -> dict[str, Any]:
+    return {
+        "probe_id": job.probe_id(spec),
+        "run": job.run,
+        "corruption_fraction": job.corruption_fraction,
+        "corruption_mode": job.corruption_mode,
+        "checkpoint": job.checkpoint,
+        "epoch": job.epoch,
+        "layer": job.layer,
+        "n_features": job.n_features,
+        "reduction": job.reduction,
+        "target": spec.target,
+        "probe": spec.probe,
+        "n_train": int(sample.split_index["train"].size),
+        "n_valid": int(sample.split_index["valid"].size),
+        "n_test": int(sample.split_index["test"].size),
+    }
+
+
+def _failed_rows(job, specs, sample, message: str) -> list[dict[str, Any]]:
+    return [make_row(**_base(job, s, sample), status="failed", message=message) for s in specs]
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ProbestoreError) else f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------- classifier group
+
+
+def _label_sets(job: BlockJob, specs, sample: SampleData, idx) -> dict[str, tuple]:
+    sources = {
+        "true_labels": sample.labels,
+        "train_labels": sample.train_labels.get(job.run),
+        "control_labels": sample.control,
+    }
+    out = {}
+    for s in specs:
+        y = sources[s.target]
+        out[s.target] = tuple(y[idx[split]] if idx[split].size else None for split in SPLITS)
+    return out
+
+
+def _status(res, tol_default: str) -> tuple[str, str]:
+    if res.status == "failed":
+        return "failed", res.message
+    gmax = res.path["grad_max"][res.C_index] if "grad_max" in res.path else float("nan")
+    if res.status == "max_iter":
+        return "not_converged", (f"no convergence in {res.n_iter} iterations at C={res.C:g} "
+                                 f"(max |gradient| {gmax:.2e}); raise max_iter")
+    if res.status == "stalled":
+        return "ok", (f"stopped at the float32 rounding floor after {res.n_iter} iterations "
+                      f"(max |gradient| {gmax:.2e}, tol {tol_default})")
+    return "ok", res.message or ""
+
+
+def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None], config: AnalysisConfig,
+                         *, test_scorer=None, want_weights=False):
+    """Classifier + control probes of one block in one batched solve.
+
+    ``X`` maps split -> float32 rows. ``test`` may be None (the streaming path): then
+    ``test_scorer({name: (coef, intercept)}) -> {name: test logits}`` scores the test
+    split of every fitted label set in one pass over the block.
+    """
+    from analyze.solvers.logistic import fit_logistic_block
+
+    idx = sample.split_index
+    K = sample.n_classes
+    label_sets = _label_sets(job, specs, sample, idx)
+    opts = config.solver_options()
+    t0 = time.perf_counter()
+    try:
+        if X["train"] is None or X["valid"] is None:
+            missing = [s for s in ("train", "valid") if X[s] is None]
+            raise _empty_split(missing)
+        fit_sets = label_sets
+        if X["test"] is None:  # no test rows in memory: score the test split afterwards
+            fit_sets = {k: (v[0], v[1], None) for k, v in label_sets.items()}
+        results = fit_logistic_block(X["train"], X["valid"], X["test"], fit_sets, config.Cs,
+                                     n_classes=K, **opts)
+    except ProbestoreError as exc:
+        return _failed_rows(job, specs, sample, _error_text(exc)), {}, {}
+    seconds = (time.perf_counter() - t0) / max(1, len(specs))
+    test_metrics = {}
+    if X["test"] is None and test_scorer is not None and idx["test"].size:
+        from analyze.outputs import _split_scores
+
+        fitted = {k: (r.coef, r.intercept) for k, r in results.items() if r.status != "failed"}
+        for name, logits in test_scorer(fitted).items():
+            test_metrics[name] = _split_scores(logits, label_sets[name][2], K)
+
+    tol = str(opts.get("tol", "default"))
+    rows, weights, attrs = [], {}, {}
+    control = results.get("control_labels")
+    for spec in specs:
+        res = results[spec.target]
+        status, message = _status(res, tol)
+        row = _base(job, spec, sample)
+        if status == "failed":
+            rows.append(make_row(**row, status="failed", message=message, fit_seconds=seconds))
+            continue
+        err = {s: getattr(res, f"error_{s}") for s in SPLITS}
+        top5 = {s: getattr(res, f"top5_error_{s}") for s in SPLITS}
+        ce = {s: getattr(res, f"ce_{s}") for s in SPLITS}
+        if spec.target in test_metrics:
+            tm = test_metrics[spec.target]
+            err["test"], top5["test"], ce["test"] = tm["error"], tm["top5_error"], tm["loss"]
+        row.update(
+            hyperparameter="C", hyperparameter_value=float(res.C),
+            **{f"{s}_error": err[s] for s in SPLITS},
+            **{f"{s}_top5_error": top5[s] for s in SPLITS},
+            **{f"{s}_loss": ce[s] for s in SPLITS},
+        )
+        if spec.target == "true_labels" and control is not None and control.status != "failed":
+            c_err = {s: getattr(control, f"error_{s}") for s in ("train", "test")}
+            if "control_labels" in test_metrics:
+                c_err["test"] = test_metrics["control_labels"]["error"]
+            row["selectivity_train"] = float(c_err["train"] - err["train"])
+            row["selectivity_test"] = float(c_err["test"] - err["test"])
+        if spec.probe == "classifier" and job.has_corrupted:
+            row.update(_clean_corrupted(X["train"], res, label_sets[spec.target][0],
+                                        sample.corrupted[job.run][idx["train"]]))
+        rows.append(make_row(**row, status=status, message=message, fit_seconds=seconds))
+        if want_weights:
+            pid = row["probe_id"]
+            weights[pid] = {"coef": np.asarray(res.coef, dtype=np.float32),
+                            "intercept": np.asarray(res.intercept, dtype=np.float64)}
+            attrs[pid] = {"C": float(res.C), "n_classes": K, "space": "raw features"}
+    return rows, weights, attrs
+
+
+def _clean_corrupted(X_train, res, y_train, corrupted_train) -> dict[str, float]:
+    """Train error of the probe on the samples the run left clean / corrupted.
+
+    Predictions from the raw-feature coefficients in float64, 8192 rows at a time (so
+    the extra memory stays one chunk, not a float64 copy of the train split).
+    """
+    coef = np.asarray(res.coef, dtype=np.float64).T
+    wrong = np.empty(len(y_train), dtype=bool)
+    for start in range(0, len(y_train), 8192):
+        stop = start + 8192
+        logits = np.asarray(X_train[start:stop], dtype=np.float64) @ coef + res.intercept
+        wrong[start:stop] = np.argmax(logits, axis=1) != y_train[start:stop]
+    out = {"clean_error": float("nan"), "corrupted_error": float("nan")}
+    if (~corrupted_train).any():
+        out["clean_error"] = float(wrong[~corrupted_train].mean())
+    if corrupted_train.any():
+        out["corrupted_error"] = float(wrong[corrupted_train].mean())
+    return out
+
+
+def _empty_split(missing) -> ProbestoreError:
+    from storage_schema.errors import DataError
+
+    return DataError(f"the {' and '.join(missing)} split{'s are' if len(missing) > 1 else ' is'} empty",
+                     where="store splits", expected="at least one sample in train and in valid",
+                     fix="re-create the store with non-empty train and valid splits")
+
+
+# --------------------------------------------------------------------------- rcv group
+
+
+def _rcv_rows(job, specs, sample, res, seconds, want_weights):
+    rows, weights, attrs = [], {}, {}
+    col = {s.target: i for i, s in enumerate(specs)}
+    for spec in specs:
+        t = col[spec.target]
+        row = _base(job, spec, sample)
+        if res.status[t] != "ok":
+            rows.append(make_row(**row, status="failed", message=res.message[t], fit_seconds=seconds))
+            continue
+        row.update(
+            hyperparameter="alpha", hyperparameter_value=float(res.alpha[t]),
+            **{f"{s}_r2": float(getattr(res, f"r2_{s}")[t]) for s in SPLITS},
+            **{f"{s}_mspe": float(getattr(res, f"mspe_{s}")[t]) for s in SPLITS},
+        )
+        rows.append(make_row(**row, status="ok", message=res.message[t] or "", fit_seconds=seconds))
+        if want_weights:
+            pid = row["probe_id"]
+            weights[pid] = {"coef": res.coef[t].astype(np.float32), "intercept": np.asarray(res.intercept[t]),
+                            "direction": res.direction[t].astype(np.float32)}
+            attrs[pid] = {"alpha": float(res.alpha[t]), "space": "raw features"}
+    return rows, weights, attrs
+
+
+def _target_columns(specs, sample: SampleData) -> np.ndarray:
+    pos = {n: i for i, n in enumerate(sample.targets)}
+    return np.array([pos[s.target] for s in specs], dtype=np.intp)
+
+
+def fit_rcv_group(job, specs, sample, X: Mapping[str, np.ndarray | None], config, *, want_weights=False):
+    """Every RCV of one block from one factorization (in-memory splits)."""
+    from analyze.solvers.ridge import fit_rcv_block
+
+    idx = sample.split_index
+    Y = sample.target_values[:, _target_columns(specs, sample)]
+    t0 = time.perf_counter()
+    try:
+        if X["train"] is None or X["valid"] is None:
+            raise _empty_split([s for s in ("train", "valid") if X[s] is None])
+        res = fit_rcv_block(X["train"], Y[idx["train"]], X["valid"], Y[idx["valid"]],
+                            X["test"], None if X["test"] is None else Y[idx["test"]], config.alphas)
+    except ProbestoreError as exc:
+        return _failed_rows(job, specs, sample, _error_text(exc)), {}, {}
+    return _rcv_rows(job, specs, sample, res, (time.perf_counter() - t0) / max(1, len(specs)), want_weights)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _split_rows(X: np.ndarray, sample: SampleData) -> dict[str, np.ndarray | None]:
+    return {s: (X[sample.split_index[s]] if sample.split_index[s].size else None) for s in SPLITS}
+
+
+def _row_step(job: BlockJob, budget: int) -> int:
+    """Rows per streamed read: whole store chunks, at most ``budget / 4`` bytes."""
+    per_row = max(1, job.n_features * 4)
+    rows = max(1, (budget // 4) // per_row)
+    if rows >= job.chunk_rows:
+        rows -= rows % job.chunk_rows
+    return max(1, min(rows, job.n_samples))
+
+
+def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
+    from analyze.solvers.ridge import fit_ridge_path
+    from analyze.solvers.standardize import GramAccumulator
+
+    n, F = job.n_samples, job.n_features
+    step = _row_step(job, config.max_block_bytes)
+    split_of = np.full(n, -1, dtype=np.int8)
+    for code, s in enumerate(SPLITS):
+        split_of[sample.split_index[s]] = code
+    rcv_specs = specs_by_group.get("rcv", [])
+    clf_specs = specs_by_group.get("classifier", [])
+    Y = sample.target_values[:, _target_columns(rcv_specs, sample)] if rcv_specs else None
+    acc = {s: GramAccumulator(F, len(rcv_specs)) for s in SPLITS} if rcv_specs else None
+    gathered = {s: np.empty((sample.split_index[s].size, F), dtype=np.float32) for s in ("train", "valid")} \
+        if clf_specs else None
+    filled = {"train": 0, "valid": 0}
+    rows, weights, attrs = [], {}, {}
+    rcv_error = None
+    t_rcv = 0.0
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        chunk = np.asarray(store.read_layer(job.run, job.checkpoint, job.layer, rows=slice(start, stop),
+                                            check_chunks=start == 0), dtype=np.float32)
+        codes = split_of[start:stop]
+        for c, s in enumerate(SPLITS):
+            sel = codes == c
+            if not sel.any():
+                continue
+            if acc is not None and rcv_error is None:
+                t0 = time.perf_counter()
+                try:
+                    acc[s].update(chunk[sel], Y[start:stop][sel], where=f"{job.name} {s} rows {start}:{stop}")
+                except ProbestoreError as exc:
+                    rcv_error = exc
+                t_rcv += time.perf_counter() - t0
+            if gathered is not None and s in gathered:
+                k = int(sel.sum())
+                gathered[s][filled[s]:filled[s] + k] = chunk[sel]
+                filled[s] += k
+    if rcv_specs:
+        if rcv_error is not None:
+            rows += _failed_rows(job, rcv_specs, sample, _error_text(rcv_error))
+        else:
+            t0 = time.perf_counter()
+            try:
+                st = {s: acc[s].stats() for s in SPLITS}
+                if st["train"].n == 0 or st["valid"].n == 0:
+                    raise _empty_split([s for s in ("train", "valid") if st[s].n == 0])
+                res = fit_ridge_path(st["train"], st["valid"], config.alphas,
+                                     st["test"] if st["test"].n else None)
+            except ProbestoreError as exc:
+                rows += _failed_rows(job, rcv_specs, sample, _error_text(exc))
+            else:
+                seconds = (t_rcv + time.perf_counter() - t0) / len(rcv_specs)
+                r, w, a = _rcv_rows(job, rcv_specs, sample, res, seconds, want_weights)
+                rows += r
+                weights.update(w)
+                attrs.update(a)
+    if clf_specs:
+        test_idx = sample.split_index["test"]
+
+        def test_scorer(fitted):
+            """Test logits of every fitted label set, in one more pass over the block."""
+            names = list(fitted)
+            if not names:
+                return {}
+            K = fitted[names[0]][0].shape[0]
+            W = np.concatenate([np.asarray(fitted[k][0], dtype=np.float32).T for k in names], axis=1)
+            b = np.concatenate([np.asarray(fitted[k][1], dtype=np.float64) for k in names])
+            out = np.empty((test_idx.size, W.shape[1]))
+            filled_t = 0
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                sel = split_of[start:stop] == 2
+                if not sel.any():
+                    continue
+                chunk = np.asarray(store.read_layer(job.run, job.checkpoint, job.layer, rows=slice(start, stop),
+                                                    check_chunks=False), dtype=np.float32)
+                k = int(sel.sum())
+                out[filled_t:filled_t + k] = (chunk[sel] @ W).astype(np.float64) + b
+                filled_t += k
+            return {name: out[:, i * K:(i + 1) * K] for i, name in enumerate(names)}
+
+        X = {"train": gathered["train"] if gathered["train"].size else None,
+             "valid": gathered["valid"] if gathered["valid"].size else None, "test": None}
+        r, w, a = fit_classifier_group(job, clf_specs, sample, X, config, test_scorer=test_scorer,
+                                       want_weights=want_weights)
+        rows += r
+        weights.update(w)
+        attrs.update(a)
+    return rows, weights, attrs
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int | None):
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(n)):
+        yield
+
+
+def run_block(store_path: str, job: BlockJob, sample: SampleData, config: AnalysisConfig,
+              want_weights: bool = False) -> BlockOutcome:
+    """Fit every probe of one block (the Dask task; also called in-process).
+
+    Parameters
+    ----------
+    store_path : str
+        Opened read-only here: on a cluster every worker must see the same path.
+    job : BlockJob
+    sample : SampleData
+    config : AnalysisConfig
+        ``threads_per_worker`` (when set) caps the BLAS threads of this task.
+    want_weights : bool
+        Return coefficients / RCV directions too.
+
+    Returns
+    -------
+    BlockOutcome
+    """
+    from storage_schema.store import open_store
+
+    t0 = time.perf_counter()
+    with _blas_threads(config.threads_per_worker), open_store(store_path, "r") as store:
+        store.check_fingerprint(sample.fingerprint, where=f"{store_path} (changed during the analysis?)")
+        if job.kind == "outputs":
+            rows = _outputs_rows(store, job, sample)
+            return BlockOutcome(job.key, rows, seconds=time.perf_counter() - t0)
+        groups: dict[str, list[ProbeSpec]] = {}
+        for spec in job.probes:
+            groups.setdefault(spec.group, []).append(spec)
+        streamed = job.read_bytes > config.max_block_bytes
+        rows: list[dict[str, Any]] = []
+        weights: dict[str, Any] = {}
+        attrs: dict[str, Any] = {}
+        if streamed:
+            r, w, a = _fit_streamed(store, job, groups, sample, config, want_weights)
+            rows, weights, attrs = r, w, a
+        else:
+            X = np.asarray(store.read_layer(job.run, job.checkpoint, job.layer), dtype=np.float32)
+            Xs = _split_rows(X, sample)
+            del X
+            if "classifier" in groups:
+                r, w, a = fit_classifier_group(job, groups["classifier"], sample, Xs, config,
+                                               want_weights=want_weights)
+                rows += r
+                weights.update(w)
+                attrs.update(a)
+            if "rcv" in groups:
+                r, w, a = fit_rcv_group(job, groups["rcv"], sample, Xs, config, want_weights=want_weights)
+                rows += r
+                weights.update(w)
+                attrs.update(a)
+    return BlockOutcome(job.key, rows, weights, attrs, time.perf_counter() - t0, streamed)
+
+
+def _outputs_rows(store, job: BlockJob, sample: SampleData) -> list[dict[str, Any]]:
+    t0 = time.perf_counter()
+    labelings = {"true_labels": sample.labels, "train_labels": sample.train_labels[job.run]}
+    specs = list(job.probes)
+    try:
+        logits = np.asarray(store.read_logits(job.run, job.checkpoint), dtype=np.float64)
+        metrics = model_output_metrics(logits, {s.target: labelings[s.target] for s in specs},
+                                       sample.split_index, sample.corrupted[job.run], sample.n_classes)
+    except ProbestoreError as exc:
+        return _failed_rows(job, specs, sample, _error_text(exc))
+    seconds = (time.perf_counter() - t0) / len(specs)
+    return [make_row(**{**_base(job, s, sample), **metrics[s.target]}, status="ok", fit_seconds=seconds)
+            for s in specs]

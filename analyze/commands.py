@@ -1,0 +1,126 @@
+"""``probestore analyze`` and ``probestore report``.
+
+Imports nothing heavy at module level (no Dask, no scikit-learn, never torch), so that
+``probestore --help`` stays instant; the handlers import what they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from storage_schema.errors import ConfigError, ProbestoreError
+
+
+def register(subparsers) -> None:
+    """Add the analysis stage's subcommands to the ``probestore`` parser."""
+    _register_analyze(subparsers)
+    _register_report(subparsers)
+
+
+def _register_analyze(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="fit classifier, control and RCV probes on every stored block; write a results table",
+        description=(
+            "Fit linear probes on a store: per (run, checkpoint, layer) block the classifier probe on the "
+            "true labels (and on the training labels of corrupted runs), the control probe, and one RCV "
+            "per continuous concept target; plus the model-output accuracies per checkpoint. Blocks run "
+            "in parallel on a local Dask cluster (127.0.0.1 only) or on --scheduler ADDRESS. Results go "
+            "to a Parquet table (+ CSV); rerunning the same command resumes and skips finished probes."
+        ),
+    )
+    p.add_argument("store", nargs="?", help="the store (default: [experiment].store of --config)")
+    p.add_argument("--config", metavar="TOML", help="experiment or analysis TOML with an [analysis] table")
+    p.add_argument("-o", "--results", metavar="PATH",
+                   help="results table (.parquet; default: <store>.results.parquet beside the store)")
+    g = p.add_argument_group("what to fit (comma-separated fnmatch patterns)")
+    g.add_argument("--runs", metavar="PATTERNS")
+    g.add_argument("--checkpoints", metavar="PATTERNS")
+    g.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,input'")
+    g.add_argument("--targets", metavar="PATTERNS", help="continuous concept targets for RCVs")
+    g.add_argument("--probes", metavar="KINDS", help="subset of classifier,control,rcv,outputs (default: all)")
+    g.add_argument("--retry-failed", action="store_true", default=None,
+                   help="fit again the probes recorded as failed")
+    h = p.add_argument_group("probe settings")
+    h.add_argument("--Cs", metavar="LIST", help="classifier inverse L2 strengths, e.g. 1e-3,1e-2,0.1,1")
+    h.add_argument("--alphas", metavar="LIST", help="RCV ridge penalties, e.g. 0.1,1,10,100")
+    h.add_argument("--control-seed", type=int, metavar="N")
+    h.add_argument("--max-iter", type=int, metavar="N", help="classifier solver iterations per C")
+    h.add_argument("--save-weights", action="store_true", default=None,
+                   help="also save coefficients and RCV directions to <results>.weights.zarr")
+    r = p.add_argument_group("execution")
+    r.add_argument("--scheduler", metavar="ADDR",
+                   help="'local' (default: embedded cluster), 'none' (in-process) or tcp://HOST:PORT")
+    r.add_argument("--workers", type=int, metavar="N", dest="n_workers",
+                   help="local workers (default: sized to the cores; 0 = in-process)")
+    r.add_argument("--threads-per-worker", type=int, metavar="N", help="BLAS threads per worker")
+    r.add_argument("--memory-limit", metavar="SIZE", help="per local worker, e.g. 4GB (default: auto)")
+    r.add_argument("--max-block-bytes", metavar="SIZE", help="stream blocks larger than this (default 1GiB)")
+    r.add_argument("--host", metavar="IP",
+                   help="interface of the local cluster and dashboard (default 127.0.0.1; anything else "
+                        "lets whoever reaches it run code as you)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (blocks, probes, bytes) and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=analyze_command)
+
+
+def _register_report(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="figures, an HTML page and a Markdown summary from a results table",
+        description="Turn a results table written by `probestore analyze` into figures (PNG), one HTML page "
+                    "and a Markdown summary that states whether the papers' headline findings hold.",
+    )
+    p.add_argument("results", help="results table (.parquet or .csv)")
+    p.add_argument("--store", help="the store it came from (dataset name, layer order)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+    p.set_defaults(func=report_command)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    keys = ("results", "runs", "checkpoints", "layers", "targets", "probes", "retry_failed", "Cs", "alphas",
+            "control_seed", "max_iter", "save_weights", "scheduler", "n_workers", "threads_per_worker",
+            "memory_limit", "max_block_bytes", "host")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if out.get("n_workers") == 0:
+        out.setdefault("scheduler", "none")
+    return out
+
+
+def analyze_command(args: argparse.Namespace) -> int:
+    from analyze.config import load_config
+
+    config, store_from_config = load_config(args.config, **_overrides(args))
+    store = args.store or store_from_config
+    if not store:
+        raise ConfigError("no store given", where="probestore analyze",
+                          fix="pass STORE, or --config with an [experiment] store = ... entry")
+    from analyze.engine import dry_run, run_analysis
+
+    if args.dry_run:
+        print(dry_run(store, config))
+        return 0
+    summary = run_analysis(store, config, progress=not args.no_progress and sys.stderr.isatty())
+    return 0 if summary.complete else 1
+
+
+def report_command(args: argparse.Namespace) -> int:
+    try:
+        from analyze.report import build_report
+    except ImportError as exc:
+        raise ProbestoreError(
+            "the report writer is not available",
+            where="analyze.report",
+            got=f"{type(exc).__name__}: {exc}",
+            fix="update probestore (analyze/report/ is part of the package)",
+        ) from None
+    if not Path(args.results).exists():
+        from storage_schema.errors import NotFoundError
+
+        raise NotFoundError("no results table here", where=args.results,
+                            fix="run `probestore analyze STORE -o RESULTS` first")
+    path = build_report(args.results, args.store, args.out)
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,346 @@
+"""What an analysis will do: blocks of the store and the probes fitted on each.
+
+The unit of work is a *block*, one (run, checkpoint, layer) array: it is read once and
+every probe of that layer is fitted from the copy in memory (Alain & Bengio's probes
+are cheap next to reading features). Per feature block:
+
+- ``classifier`` / ``true_labels``: the classifier probe on the dataset's labels;
+- ``classifier`` / ``train_labels``: on the labels the model was trained on, only when
+  the run has corrupted samples (otherwise the two label sets are the same);
+- ``control`` / ``control_labels``: the probe on a fixed random relabeling (Hewitt &
+  Liang's control task), which measures what the probe memorizes;
+- ``rcv`` / *concept*: one ridge RCV per continuous concept target.
+
+Per (run, checkpoint), the ``outputs`` block gives ``model_output`` rows (true and, for
+corrupted runs, training labels) from the stored logits. Only complete checkpoints and
+blocks are planned: an analysis started while extraction is writing sees what is done.
+
+Probes come in *groups* that are fitted together (all classifier probes in one batched
+solve, all RCVs in one factorization). When some probes of a block are already in the
+results table, a group with at least one missing probe is refitted whole (so that, for
+instance, selectivity still has its control probe); rows already present are not
+written again. Results are deterministic, so this changes no number.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from analyze.config import AnalysisConfig
+from analyze.results import probe_id
+from storage_schema import layout
+from storage_schema.errors import ConfigError, NotFoundError, did_you_mean
+
+#: probe kind -> the group it is fitted in
+GROUP_OF = {"classifier": "classifier", "control": "classifier", "rcv": "rcv", "model_output": "outputs"}
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One row of the results table to produce."""
+
+    probe: str  # classifier | control | rcv | model_output
+    target: str  # true_labels | train_labels | control_labels | concept name
+
+    @property
+    def group(self) -> str:
+        return GROUP_OF[self.probe]
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """One block to read and the probes to fit on it (picklable: sent to workers)."""
+
+    run: str
+    checkpoint: str
+    layer: str  # a feature layer, or layout.OUTPUTS
+    layer_index: int
+    epoch: int
+    corruption_fraction: float
+    corruption_mode: str
+    has_corrupted: bool
+    n_features: int
+    dtype: str
+    chunk_rows: int
+    reduction: str
+    n_samples: int
+    probes: tuple[ProbeSpec, ...]
+
+    @property
+    def kind(self) -> str:
+        return "outputs" if self.layer == layout.OUTPUTS else "features"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.run, self.checkpoint, self.layer)
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.key)
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes in memory once read as float32."""
+        return self.n_samples * self.n_features * 4
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.group for p in self.probes))
+
+    def probe_id(self, spec: ProbeSpec) -> str:
+        return probe_id(self.run, self.checkpoint, self.layer, spec.probe, spec.target)
+
+    def probe_ids(self) -> list[str]:
+        return [self.probe_id(p) for p in self.probes]
+
+
+@dataclass
+class Plan:
+    """Every block of an analysis, in a stable order (run, epoch, checkpoint, layer)."""
+
+    store: str
+    dataset: str
+    n_samples: int
+    n_classes: int
+    jobs: list[BlockJob]
+    targets: tuple[str, ...] = ()
+    stored_bytes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def probe_counts(self) -> Counter:
+        return Counter(p.probe for j in self.jobs for p in j.probes)
+
+    @property
+    def n_probes(self) -> int:
+        return sum(len(j.probes) for j in self.jobs)
+
+    def probe_ids(self) -> list[str]:
+        return [pid for j in self.jobs for pid in j.probe_ids()]
+
+    def pending(self, done: Iterable[str]) -> Plan:
+        """The plan without probe groups whose every probe is already done."""
+        done = set(done)
+        jobs = []
+        for job in self.jobs:
+            keep_groups = {p.group for p in job.probes if job.probe_id(p) not in done}
+            probes = tuple(p for p in job.probes if p.group in keep_groups)
+            if probes:
+                jobs.append(replace(job, probes=probes))
+        return replace(self, jobs=jobs)
+
+
+def reduction_label(reduction: Any) -> str:
+    """Short text of a block's reduction: ``"gap"``, ``"random:1000"``, ``"flatten"``, ``"none"``."""
+    if not isinstance(reduction, dict) or not reduction.get("kind"):
+        return "none"
+    kind = str(reduction["kind"])
+    params = reduction.get("params") if isinstance(reduction.get("params"), dict) else {}
+    k = params.get("k", reduction.get("k"))
+    return f"{kind}:{k}" if k is not None and kind in ("random", "project") else kind
+
+
+def _select(names: Sequence[str], patterns: Sequence[str] | None, what: str, where: str,
+            *, must_match: bool = True) -> list[str]:
+    """Names matching any pattern; a pattern that matches nothing is an error."""
+    if patterns is None:
+        return list(names)
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if must_match:
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(n, p) for n in names):
+                raise NotFoundError(
+                    f"no {what} matches {p!r}",
+                    where=where,
+                    expected=", ".join(names) if names else f"no {what}s in the store",
+                    got=repr(p),
+                    fix=did_you_mean(p, names) or f"`probestore inspect STORE` lists the {what}s",
+                )
+    return chosen
+
+
+def plan_jobs(store, config: AnalysisConfig) -> Plan:
+    """Enumerate the blocks and probes of an analysis of ``store``.
+
+    Parameters
+    ----------
+    store : ActivationStore
+        Opened (read-only is enough).
+    config : AnalysisConfig
+        Probe kinds and filters.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    NotFoundError
+        A filter pattern that matches no run / checkpoint / layer / target.
+    ConfigError
+        A store without a train and a valid split.
+    """
+    where = f"analysis of {store.path}"
+    splits = store.dataset.split_names
+    for needed in ("train", "valid"):
+        if needed not in splits:
+            raise ConfigError(
+                f"the store has no {needed!r} split",
+                where=str(store.path),
+                expected="splits train, valid (and test)",
+                got=", ".join(splits),
+                fix="probes are fitted on train and selected on valid: re-create the store with these splits",
+            )
+    probes = set(config.probes)
+    all_targets = store.target_names()
+    continuous = [t for t in all_targets if store.target_info(t).kind == "continuous"]
+    if config.targets is not None:
+        for p in config.targets:
+            if not any(fnmatch.fnmatchcase(t, p) for t in continuous):
+                other = [t for t in all_targets if fnmatch.fnmatchcase(t, p)]
+                raise NotFoundError(
+                    f"no continuous concept target matches {p!r}",
+                    where=f"{where} (--targets)",
+                    expected=", ".join(continuous) or "no continuous targets in the store",
+                    got=f"{p!r}" + (f" (matches non-continuous {other}: RCVs need continuous targets)" if other else ""),
+                    fix=did_you_mean(p, continuous) or "`probestore inspect STORE` lists the targets",
+                )
+    targets = tuple(_select(continuous, config.targets, "target", where, must_match=False))
+    runs = _select(store.runs(), config.runs, "run", f"{where} (--runs)")
+    jobs: list[BlockJob] = []
+    stored: dict[tuple[str, str, str], int] = {}
+    ckpt_names_seen: set[str] = set()
+    layer_names_seen: set[str] = set()
+    ckpt_matched: set[str] = set()
+    layer_matched: set[str] = set()
+    for run in runs:
+        info = store.run_info(run)
+        has_corrupted = bool(np.any(store.corrupted_mask(run)))
+        ckpts = store.checkpoints(run)
+        ckpt_names_seen.update(c.name for c in ckpts)
+        chosen_ckpts = _select([c.name for c in ckpts], config.checkpoints, "checkpoint", where, must_match=False)
+        for ckpt in ckpts:
+            if ckpt.name not in chosen_ckpts:
+                continue
+            ckpt_matched.add(ckpt.name)
+            blocks = store.blocks(run, ckpt.name)
+            features = [b for b in blocks if b.kind == "features"]
+            layer_names_seen.update(b.name for b in features)
+            chosen_layers = _select([b.name for b in features], config.layers, "layer", where, must_match=False)
+            common = {
+                "run": run,
+                "checkpoint": ckpt.name,
+                "epoch": -1 if ckpt.epoch is None else int(ckpt.epoch),
+                "corruption_fraction": float(info.corruption_fraction),
+                "corruption_mode": str(info.corruption_mode),
+                "has_corrupted": has_corrupted,
+                "n_samples": store.n_samples,
+            }
+            for index, block in enumerate(features):
+                if block.name not in chosen_layers:
+                    continue
+                layer_matched.add(block.name)
+                specs = _feature_probes(probes, has_corrupted, targets)
+                if not specs:
+                    continue
+                jobs.append(BlockJob(
+                    layer=block.name, layer_index=index, n_features=int(block.n_features),
+                    dtype=block.dtype, chunk_rows=int(block.chunk_rows),
+                    reduction=reduction_label(block.reduction), probes=specs, **common,
+                ))
+                stored[jobs[-1].key] = store.stored_bytes(run, ckpt.name, block.name)
+            outputs = [b for b in blocks if b.kind == "logits"]
+            if "outputs" in probes and outputs:
+                specs = (ProbeSpec("model_output", "true_labels"),)
+                if has_corrupted:
+                    specs += (ProbeSpec("model_output", "train_labels"),)
+                b = outputs[0]
+                jobs.append(BlockJob(
+                    layer=layout.OUTPUTS, layer_index=len(features), n_features=int(b.n_features),
+                    dtype=b.dtype, chunk_rows=int(b.chunk_rows), reduction="none", probes=specs, **common,
+                ))
+                stored[jobs[-1].key] = store.stored_bytes(run, ckpt.name, layout.OUTPUTS)
+    _check_matched(config.checkpoints, ckpt_names_seen, ckpt_matched, "checkpoint", where)
+    _check_matched(config.layers, layer_names_seen, layer_matched, "layer", where)
+    jobs.sort(key=lambda j: (j.run, j.epoch, j.checkpoint, j.layer_index, j.layer))
+    return Plan(
+        store=str(store.path),
+        dataset=store.dataset.name,
+        n_samples=store.n_samples,
+        n_classes=len(store.dataset.class_names),
+        jobs=jobs,
+        targets=targets,
+        stored_bytes=stored,
+    )
+
+
+def _check_matched(patterns, seen, matched, what, where) -> None:
+    if patterns is None:
+        return
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(n, p) for n in matched):
+            names = sorted(seen)
+            raise NotFoundError(
+                f"no {what} matches {p!r} in the selected runs",
+                where=f"{where} (--{what}s)",
+                expected=", ".join(names) if names else f"complete {what}s in the store",
+                got=repr(p),
+                fix=did_you_mean(p, names) or f"`probestore inspect STORE` lists the {what}s",
+            )
+
+
+def _feature_probes(probes: set[str], has_corrupted: bool, targets: Sequence[str]) -> tuple[ProbeSpec, ...]:
+    specs: list[ProbeSpec] = []
+    if "classifier" in probes:
+        specs.append(ProbeSpec("classifier", "true_labels"))
+        if has_corrupted:
+            specs.append(ProbeSpec("classifier", "train_labels"))
+    if "control" in probes:
+        specs.append(ProbeSpec("control", "control_labels"))
+    if "rcv" in probes:
+        specs.extend(ProbeSpec("rcv", t) for t in targets)
+    return tuple(specs)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def format_plan(plan: Plan, *, max_block_bytes: int, done: int = 0, max_lines: int = 40) -> str:
+    """Human-readable plan (``--dry-run``): blocks, probes per kind, bytes to read."""
+    counts = plan.probe_counts()
+    features = [j for j in plan.jobs if j.kind == "features"]
+    outputs = [j for j in plan.jobs if j.kind == "outputs"]
+    runs = sorted({j.run for j in plan.jobs})
+    ckpts = sorted({(j.run, j.checkpoint) for j in plan.jobs})
+    mem = sum(j.read_bytes for j in plan.jobs)
+    disk = sum(plan.stored_bytes.get(j.key, 0) for j in plan.jobs)
+    streamed = [j for j in features if j.read_bytes > max_block_bytes]
+    largest = max((j.read_bytes for j in plan.jobs), default=0)
+    lines = [
+        f"plan: {plan.store} (dataset {plan.dataset!r}, {plan.n_samples} samples, {plan.n_classes} classes)",
+        f"  runs: {len(runs)}, checkpoints: {len(ckpts)}, blocks: {len(features)} feature + {len(outputs)} outputs",
+        "  probes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("classifier", "control", "rcv", "model_output"))
+        + f" (total {plan.n_probes})",
+        f"  concept targets: {', '.join(plan.targets) if plan.targets else 'none'}",
+        f"  read: {_fmt_bytes(mem)} as float32 ({_fmt_bytes(disk)} on disk); largest block {_fmt_bytes(largest)}; "
+        f"{len(streamed)} block(s) over the {_fmt_bytes(max_block_bytes)} budget streamed in row chunks",
+    ]
+    if done:
+        lines.append(f"  already in the results table: {done} probes (skipped)")
+    lines.append("  blocks:")
+    for j in plan.jobs[:max_lines]:
+        kinds = Counter(p.probe for p in j.probes)
+        what = ", ".join(f"{k} {v}" for k, v in kinds.items())
+        lines.append(f"    {j.name:<48} F={j.n_features:<6} {j.reduction:<12} {_fmt_bytes(j.read_bytes):>10}  {what}")
+    if len(plan.jobs) > max_lines:
+        lines.append(f"    ... {len(plan.jobs) - max_lines} more")
+    return "\n".join(lines)

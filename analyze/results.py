@@ -1,0 +1,432 @@
+"""The results table: one row per probe, written so that a killed analysis loses little.
+
+Schema (shared with ``analyze/report``; keep in step with :data:`COLUMNS`): the key
+``probe_id = "run/checkpoint/layer/probe/target"`` is unique (store names never contain
+``/``), then the block's identity, the chosen hyperparameter, metrics per split, sample
+counts, fit time, ``status`` (``"ok"``, ``"failed"``, ``"not_converged"``) and
+``message``. Errors are fractions in [0, 1]; metrics a probe does not have are NaN.
+
+Durability: every finished block is written at once as a small Parquet file in
+``<results>.parts/`` (temp file + ``os.replace``, so a part is whole or absent). At the
+end the parts and any earlier table are merged, deduplicated on ``probe_id`` and sorted
+by it, and written as ``<results>`` (Parquet) and ``<results>.csv``, each atomically;
+only then are the merged parts deleted. A crash at any point leaves a state from which
+a rerun produces the same table: parts already written are kept, the probes they hold
+are skipped, and duplicates (a part merged but not yet deleted) collapse in the merge.
+The only column that differs between two runs of the same analysis is ``fit_seconds``.
+
+The dataset fingerprint of the store is kept in the Parquet metadata (and in
+``parts/_meta.json``): results of two different datasets are never mixed in one table.
+So are the probe settings that change numbers (grids, control seed, solver limits): a
+rerun with other settings is refused instead of silently mixing rows of both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage_schema.errors import ConfigError, FingerprintMismatchError, StoreFormatError
+
+RESULTS_FORMAT = "probestore-results"
+RESULTS_VERSION = "1.0"
+METADATA_KEY = b"probestore"
+
+_STR = "str"  # pandas' default string dtype (round-trips through Parquet unchanged)
+_F = "float64"
+_I = "int64"
+#: Column -> dtype, in table order.
+COLUMNS: dict[str, str] = {
+    "probe_id": _STR,
+    "run": _STR,
+    "corruption_fraction": _F,
+    "corruption_mode": _STR,
+    "checkpoint": _STR,
+    "epoch": _I,
+    "layer": _STR,
+    "n_features": _I,
+    "reduction": _STR,
+    "target": _STR,
+    "probe": _STR,
+    "hyperparameter": _STR,
+    "hyperparameter_value": _F,
+    **{f"{split}_{m}": _F for m in ("error",) for split in ("train", "valid", "test")},
+    **{f"{split}_top5_error": _F for split in ("train", "valid", "test")},
+    **{f"{split}_loss": _F for split in ("train", "valid", "test")},
+    **{f"{split}_r2": _F for split in ("train", "valid", "test")},
+    **{f"{split}_mspe": _F for split in ("train", "valid", "test")},
+    "selectivity_train": _F,
+    "selectivity_test": _F,
+    "clean_error": _F,
+    "corrupted_error": _F,
+    "n_train": _I,
+    "n_valid": _I,
+    "n_test": _I,
+    "fit_seconds": _F,
+    "status": _STR,
+    "message": _STR,
+}
+STATUSES = ("ok", "not_converged", "failed")
+PROBES = ("classifier", "control", "rcv", "model_output")
+#: Columns whose value may change between two runs of the same analysis.
+NONDETERMINISTIC_COLUMNS = ("fit_seconds",)
+
+
+def probe_id(run: str, checkpoint: str, layer: str, probe: str, target: str) -> str:
+    """The stable key of a probe: ``"run/checkpoint/layer/probe/target"``."""
+    return "/".join((run, checkpoint, layer, probe, target))
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    """A complete row: given fields, NaN / "" / -1 for the others.
+
+    Raises
+    ------
+    ValueError
+        An unknown column name (a programming error, not a user error).
+    """
+    unknown = set(fields) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown result columns {sorted(unknown)}")
+    row: dict[str, Any] = {}
+    for col, dtype in COLUMNS.items():
+        if col in fields and fields[col] is not None:
+            row[col] = fields[col]
+        elif dtype == _F:
+            row[col] = float("nan")
+        elif dtype == _I:
+            row[col] = -1
+        else:
+            row[col] = ""
+    if not row["probe_id"]:
+        row["probe_id"] = probe_id(row["run"], row["checkpoint"], row["layer"], row["probe"], row["target"])
+    return row
+
+
+def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows -> a DataFrame with exactly the schema's columns and dtypes."""
+    rows = list(rows)
+    data = {}
+    for col, dtype in COLUMNS.items():
+        values = [r.get(col) for r in rows]
+        if dtype == _F:
+            data[col] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        elif dtype == _I:
+            data[col] = np.array([-1 if v is None else v for v in values], dtype=np.int64)
+        else:
+            data[col] = pd.array(["" if v is None else str(v) for v in values], dtype=_STR)
+    return pd.DataFrame(data)
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast a frame to the schema (missing columns filled, extra columns kept last)."""
+    df = df.copy()
+    for col, dtype in COLUMNS.items():
+        if col not in df:
+            df[col] = np.nan if dtype == _F else (-1 if dtype == _I else "")
+        if str(df[col].dtype) == dtype:
+            continue
+        if dtype == _STR:
+            df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+        elif dtype == _I:
+            df[col] = pd.to_numeric(df[col]).fillna(-1).astype("int64")
+        else:
+            df[col] = pd.to_numeric(df[col]).astype("float64")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[list(COLUMNS) + extra]
+
+
+def finalize_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Deduplicate on ``probe_id`` and sort by it.
+
+    A probe can appear twice after a crash between merging and deleting parts (two
+    identical rows), or after ``retry_failed`` (a failed row and its refit): the row
+    with the best status wins (ok, then not_converged, then failed), and among equals
+    the one that comes last in ``df`` (the newest, when frames are concatenated oldest
+    first).
+    """
+    df = conform(df)
+    rank = df["status"].map({s: i for i, s in enumerate(STATUSES)}).fillna(len(STATUSES))
+    df = df.assign(_rank=rank.to_numpy(), _age=-np.arange(len(df)))
+    df = df.sort_values(["probe_id", "_rank", "_age"], kind="stable")
+    df = df.drop_duplicates("probe_id", keep="first").drop(columns=["_rank", "_age"])
+    return df.reset_index(drop=True)
+
+
+def results_paths(results: str | Path) -> dict[str, Path]:
+    """Files that make up a results table."""
+    results = Path(results)
+    return {
+        "table": results,
+        "csv": results.with_name(results.name + ".csv") if results.suffix != ".parquet"
+        else results.with_suffix(".csv"),
+        "parts": results.with_name(results.name + ".parts"),
+        "weights": results.with_name(results.name + ".weights.zarr") if results.suffix != ".parquet"
+        else results.with_suffix(".weights.zarr"),
+        "lock": results.with_name(results.name + ".lock"),
+    }
+
+
+def default_results_path(store: str | Path) -> Path:
+    """``data/mnist.zarr`` -> ``data/mnist.results.parquet``."""
+    store = Path(store)
+    return store.with_name(store.stem + ".results.parquet")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The probestore metadata of a results Parquet file (``{}`` if it has none)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(METADATA_KEY)
+    if raw is None:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise StoreFormatError("unreadable probestore metadata in a results table", where=str(path)) from None
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a results table (Parquet, or its CSV export) in the schema's dtypes."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        strings = {c: str for c, d in COLUMNS.items() if d == _STR}
+        numbers = {c: ["", "nan", "NaN"] for c, d in COLUMNS.items() if d != _STR}
+        return conform(pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=numbers))
+    return conform(pd.read_parquet(path))
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path, metadata: Mapping[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    schema_meta = dict(table.schema.metadata or {})
+    schema_meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(schema_meta)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_text(write, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+class ResultsWriter:
+    """Writes one analysis' results: per-block parts, then the merged table.
+
+    Parameters
+    ----------
+    path : path
+        The results table (``.parquet``).
+    metadata : mapping
+        Recorded in the Parquet metadata; must hold ``fingerprint`` (the store's dataset
+        fingerprint), which is checked against an existing table and parts.
+
+    Raises
+    ------
+    FingerprintMismatchError
+        The table or its parts were computed from a different dataset.
+    ConfigError
+        Another analysis holds the table's lock.
+    """
+
+    def __init__(self, path: str | Path, metadata: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.files = results_paths(self.path)
+        self.metadata = dict(metadata)
+        self.metadata.setdefault("format", RESULTS_FORMAT)
+        self.metadata.setdefault("version", RESULTS_VERSION)
+        self.fingerprint = str(self.metadata["fingerprint"])
+        self._lock_fh = None
+        self._check_existing()
+
+    # ------------------------------------------------------------------ checks and state
+    def _check_existing(self) -> None:
+        table = self.files["table"]
+        if table.exists():
+            found = read_metadata(table)
+            self._check_fp(found.get("fingerprint"), str(table))
+            self._check_settings(found.get("settings"), str(table))
+        meta = self.files["parts"] / "_meta.json"
+        if meta.exists():
+            try:
+                found = json.loads(meta.read_text())
+            except ValueError:
+                found = {}
+            self._check_fp(found.get("fingerprint"), str(meta))
+            self._check_settings(found.get("settings"), str(meta))
+
+    def _check_settings(self, found: Any, where: str) -> None:
+        mine = self.metadata.get("settings")
+        if mine is None or found is None:
+            return
+        mine = json.loads(json.dumps(mine, sort_keys=True, default=str))
+        if found != mine:
+            diff = sorted(k for k in set(mine) | set(found) if mine.get(k) != found.get(k))
+            raise ConfigError(
+                "the existing results were computed with other probe settings",
+                where=where,
+                expected=", ".join(f"{k}={found.get(k)}" for k in diff),
+                got=", ".join(f"{k}={mine.get(k)}" for k in diff),
+                fix="use the same settings to resume, or write to another results path (-o/--results)",
+            )
+
+    def _check_fp(self, found: Any, where: str) -> None:
+        if found is None:
+            raise StoreFormatError(
+                "existing results carry no dataset fingerprint",
+                where=where,
+                fix="write to a new results path (-o), or delete this table if it is not needed",
+            )
+        if found != self.fingerprint:
+            raise FingerprintMismatchError(
+                "the existing results were computed on another dataset than this store's",
+                where=where,
+                expected=self.fingerprint,
+                got=found,
+                fix="write these results to another path (-o/--results), or analyse the store they came from",
+            )
+
+    def acquire(self) -> ResultsWriter:
+        """Take the table's lock so that two analyses never write the same table."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.files["lock"], "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise ConfigError(
+                "another analysis is writing this results table",
+                where=str(self.path),
+                fix="wait for it to finish, or write to another path with -o/--results",
+            ) from None
+        self._lock_fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> ResultsWriter:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _part_files(self) -> list[Path]:
+        parts = self.files["parts"]
+        if not parts.is_dir():
+            return []
+        return sorted(parts.glob("part-*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def existing(self) -> pd.DataFrame:
+        """Every row already written (table and parts), deduplicated."""
+        frames = []
+        if self.files["table"].exists():
+            frames.append(read_table(self.files["table"]))
+        for part in self._part_files():
+            frames.append(conform(pd.read_parquet(part)))
+        if not frames:
+            return to_frame([])
+        return finalize_frame(pd.concat(frames, ignore_index=True))
+
+    def done_ids(self, *, retry_failed: bool = False) -> set[str]:
+        """probe_ids already present (without failed ones when ``retry_failed``)."""
+        df = self.existing()
+        if retry_failed:
+            df = df[df["status"] != "failed"]
+        return set(df["probe_id"].tolist())
+
+    # ------------------------------------------------------------------ writing
+    def write_part(self, key: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path | None:
+        """Write the rows of one finished block as one atomic Parquet part."""
+        if not rows:
+            return None
+        parts = self.files["parts"]
+        parts.mkdir(parents=True, exist_ok=True)
+        meta = parts / "_meta.json"
+        if not meta.exists():
+            ident = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings")}
+            _atomic_text(lambda p: p.write_text(json.dumps(ident, sort_keys=True, default=str)), meta)
+        ids = sorted(r["probe_id"] for r in rows)
+        digest = hashlib.sha1(json.dumps([list(key), ids]).encode()).hexdigest()[:16]
+        path = parts / f"part-{digest}.parquet"
+        _atomic_parquet(to_frame(rows), path, {"fingerprint": self.fingerprint})
+        return path
+
+    def finalize(self) -> pd.DataFrame:
+        """Merge table + parts, write Parquet and CSV atomically, delete merged parts."""
+        merged_parts = self._part_files()
+        df = self.existing()
+        _atomic_parquet(df, self.files["table"], self.metadata)
+        _atomic_text(lambda p: df.to_csv(p, index=False), self.files["csv"])
+        for part in merged_parts:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+        parts = self.files["parts"]
+        if parts.is_dir() and not self._part_files():
+            with contextlib.suppress(FileNotFoundError):
+                (parts / "_meta.json").unlink()
+            with contextlib.suppress(OSError):
+                parts.rmdir()
+        return df
+
+
+def write_weights(path: str | Path, weights: Mapping[str, Mapping[str, np.ndarray]],
+                  attrs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Save probe weights into a Zarr group: one subgroup per ``probe_id``.
+
+    ``weights[probe_id]`` maps array names (``coef``, ``intercept``, ``direction``) to
+    arrays; ``attrs[probe_id]`` (optional) is stored as the subgroup's attributes. Each
+    array is written by zarr atomically; a rerun overwrites identical values.
+    """
+    import zarr
+
+    root = zarr.open_group(str(path), mode="a")
+    for pid, arrays in weights.items():
+        group = root.require_group(pid)
+        for name, values in arrays.items():
+            values = np.asarray(values)
+            group.create_array(name, shape=values.shape, dtype=values.dtype, overwrite=True)[...] = values
+        if attrs and pid in attrs:
+            group.attrs.update(json.loads(json.dumps(attrs[pid], default=float)))
+
+
+def read_weights(path: str | Path, probe_id_: str) -> dict[str, np.ndarray]:
+    """The arrays saved for one probe (see :func:`write_weights`)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")[probe_id_]
+    return {name: np.asarray(arr[...]) for name, arr in group.arrays()}
