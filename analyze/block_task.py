@@ -4,7 +4,8 @@ A task opens the store read-only *in the worker* (only the path travels), reads 
 block as float32 and hands the same in-memory splits to the batched solvers: all
 classifier probes (true labels, training labels, control labels, every C) in one
 :func:`~analyze.solvers.logistic.fit_logistic_block` call, all RCVs (every concept,
-every alpha) in one :func:`~analyze.solvers.ridge.fit_rcv_block` factorization. The
+every alpha) in one :func:`~analyze.solvers.ridge.fit_rcv_block` factorization, the MDL
+probes (when asked for) from the same train rows (:mod:`analyze.mdl`). The
 per-sample data every block shares (labels, splits, control labels, concept targets)
 is built once by the driver (:func:`build_sample_data`) and scattered to the workers.
 
@@ -333,6 +334,36 @@ def fit_rcv_group(job, specs, sample, X: Mapping[str, np.ndarray | None], config
     return _rcv_rows(job, specs, sample, res, (time.perf_counter() - t0) / max(1, len(specs)), want_weights)
 
 
+# --------------------------------------------------------------------------- mdl group
+
+
+def fit_mdl_group(job, specs, sample, X_train: np.ndarray | None, config) -> list[dict[str, Any]]:
+    """Online-code MDL of the true (and training) labels of one block, sharing every solve.
+
+    The probe's ``C`` is ``config.mdl_C`` (fixed), recorded as the row's hyperparameter.
+    """
+    from analyze.mdl import online_codelength
+
+    label_sets = _label_sets(job, specs, sample, sample.split_index)
+    t0 = time.perf_counter()
+    try:
+        if X_train is None:
+            raise _empty_split(["train"])
+        res = online_codelength(X_train, {k: v[0] for k, v in label_sets.items()}, n_classes=sample.n_classes,
+                                C=config.mdl_C, seed=config.mdl_seed, **config.solver_options())
+    except ProbestoreError as exc:
+        return _failed_rows(job, specs, sample, _error_text(exc))
+    seconds = (time.perf_counter() - t0) / max(1, len(specs))
+    rows = []
+    for spec in specs:
+        r = res[spec.target]
+        rows.append(make_row(**_base(job, spec, sample), hyperparameter="C", hyperparameter_value=float(config.mdl_C),
+                             mdl_codelength_bits=r.codelength_bits, mdl_uniform_bits=r.uniform_bits,
+                             mdl_compression=r.compression, status="ok",
+                             message=f"online code over {r.block_ends.size} blocks", fit_seconds=seconds))
+    return rows
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -360,10 +391,11 @@ def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
         split_of[sample.split_index[s]] = code
     rcv_specs = specs_by_group.get("rcv", [])
     clf_specs = specs_by_group.get("classifier", [])
+    mdl_specs = specs_by_group.get("mdl", [])
     Y = sample.target_values[:, _target_columns(rcv_specs, sample)] if rcv_specs else None
     acc = {s: GramAccumulator(F, len(rcv_specs)) for s in SPLITS} if rcv_specs else None
     gathered = {s: np.empty((sample.split_index[s].size, F), dtype=np.float32) for s in ("train", "valid")} \
-        if clf_specs else None
+        if clf_specs or mdl_specs else None
     filled = {"train": 0, "valid": 0}
     rows, weights, attrs = [], {}, {}
     rcv_error = None
@@ -432,6 +464,9 @@ def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
                 filled_t += k
             return {name: out[:, i * K:(i + 1) * K] for i, name in enumerate(names)}
 
+    if mdl_specs:
+        rows += fit_mdl_group(job, mdl_specs, sample, gathered["train"] if gathered["train"].size else None, config)
+    if clf_specs:
         X = {"train": gathered["train"] if gathered["train"].size else None,
              "valid": gathered["valid"] if gathered["valid"].size else None, "test": None}
         r, w, a = fit_classifier_group(job, clf_specs, sample, X, config, test_scorer=test_scorer,
@@ -508,6 +543,8 @@ def run_block(store_path: str, job: BlockJob, sample: SampleData, config: Analys
                 rows += r
                 weights.update(w)
                 attrs.update(a)
+            if "mdl" in groups:
+                rows += fit_mdl_group(job, groups["mdl"], sample, Xs["train"], config)
     return BlockOutcome(job.key, rows, weights, attrs, time.perf_counter() - t0, streamed)
 
 

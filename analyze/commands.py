@@ -16,6 +16,7 @@ from storage_schema.errors import ConfigError, ProbestoreError
 def register(subparsers) -> None:
     """Add the analysis stage's subcommands to the ``probestore`` parser."""
     _register_analyze(subparsers)
+    _register_similarity(subparsers)
     _register_report(subparsers)
 
 
@@ -40,7 +41,8 @@ def _register_analyze(subparsers) -> None:
     g.add_argument("--checkpoints", metavar="PATTERNS")
     g.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,input'")
     g.add_argument("--targets", metavar="PATTERNS", help="continuous concept targets for RCVs")
-    g.add_argument("--probes", metavar="KINDS", help="subset of classifier,control,rcv,outputs (default: all)")
+    g.add_argument("--probes", metavar="KINDS",
+                   help="subset of classifier,control,rcv,outputs,mdl (default: all but mdl)")
     g.add_argument("--retry-failed", action="store_true", default=None,
                    help="fit again the probes recorded as failed")
     h = p.add_argument_group("probe settings")
@@ -48,6 +50,8 @@ def _register_analyze(subparsers) -> None:
     h.add_argument("--alphas", metavar="LIST", help="RCV ridge penalties, e.g. 0.1,1,10,100")
     h.add_argument("--control-seed", type=int, metavar="N")
     h.add_argument("--max-iter", type=int, metavar="N", help="classifier solver iterations per C")
+    h.add_argument("--mdl-C", type=float, metavar="C", dest="mdl_C", help="fixed C of the MDL probes (default 1)")
+    h.add_argument("--mdl-seed", type=int, metavar="N", help="seed of the MDL transmission order (default 0)")
     h.add_argument("--save-weights", action="store_true", default=None,
                    help="also save coefficients and RCV directions to <results>.weights.zarr")
     r = p.add_argument_group("execution")
@@ -66,6 +70,56 @@ def _register_analyze(subparsers) -> None:
     p.set_defaults(func=analyze_command)
 
 
+def _register_similarity(subparsers) -> None:
+    p = subparsers.add_parser(
+        "similarity",
+        help="linear CKA between stored blocks: layers, checkpoints, runs; write a table",
+        description=(
+            "Linear CKA (Kornblith et al. 2019) between (run, checkpoint, layer) blocks of a store over the "
+            "same samples: every two layers within a checkpoint, every two checkpoints of a layer across "
+            "training, and the same checkpoint and layer across runs. Blocks are streamed in row chunks "
+            "(feature Gram matrices when samples outnumber features) and computed in parallel like "
+            "`probestore analyze`. Writes a tidy table (.parquet, or .csv by suffix)."
+        ),
+    )
+    p.add_argument("store", help="the store")
+    p.add_argument("-o", "--out", required=True, metavar="PATH", help="CKA table (.parquet or .csv)")
+    p.add_argument("--runs", metavar="PATTERNS")
+    p.add_argument("--checkpoints", metavar="PATTERNS")
+    p.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,conv2'")
+    p.add_argument("--pairs", default="all", metavar="KINDS",
+                   help="all (default) or a comma-separated subset of within-checkpoint, across-checkpoints, "
+                        "across-runs")
+    p.add_argument("--samples", default="all", choices=("all", "test"),
+                   help="compare over all samples (default) or the test split")
+    r = p.add_argument_group("execution")
+    r.add_argument("--scheduler", metavar="ADDR", help="'local' (default), 'none' (in-process) or tcp://HOST:PORT")
+    r.add_argument("--workers", type=int, metavar="N", dest="n_workers", help="local workers (0 = in-process)")
+    r.add_argument("--threads-per-worker", type=int, metavar="N")
+    r.add_argument("--memory-limit", metavar="SIZE")
+    r.add_argument("--max-block-bytes", metavar="SIZE", help="row-chunk budget per task (default 1GiB)")
+    r.add_argument("--host", metavar="IP", help="interface of the local cluster (default 127.0.0.1)")
+    p.set_defaults(func=similarity_command)
+
+
+def similarity_command(args: argparse.Namespace) -> int:
+    from analyze.config import AnalysisConfig
+
+    keys = ("scheduler", "n_workers", "threads_per_worker", "memory_limit", "max_block_bytes", "host")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if overrides.get("n_workers") == 0:
+        overrides.setdefault("scheduler", "none")
+    config = AnalysisConfig().replace(**overrides)
+    filters = {}
+    for key in ("runs", "checkpoints", "layers"):
+        value = getattr(args, key)
+        filters[key] = None if value is None else [v.strip() for v in value.split(",") if v.strip()] or None
+    from analyze.similarity import run_similarity
+
+    run_similarity(args.store, args.out, pairs=args.pairs, samples=args.samples, config=config, **filters)
+    return 0
+
+
 def _register_report(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
@@ -76,12 +130,18 @@ def _register_report(subparsers) -> None:
     p.add_argument("results", help="results table (.parquet or .csv)")
     p.add_argument("--store", help="the store it came from (dataset name, layer order)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--similarity", metavar="CKA_TABLE", help="CKA table from `probestore similarity` (heatmaps)")
+    p.add_argument("--embedding", default="pca", choices=("pca", "tsne"),
+                   help="method of the feature embeddings (need --store; default pca)")
+    p.add_argument("--embedding-layer", metavar="LAYER", help="layer to embed (default: the last hidden layer)")
+    p.add_argument("--embedding-checkpoints", metavar="NAMES",
+                   help="checkpoints to embed, comma-separated (default: each run's first and last)")
     p.set_defaults(func=report_command)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
     keys = ("results", "runs", "checkpoints", "layers", "targets", "probes", "retry_failed", "Cs", "alphas",
-            "control_seed", "max_iter", "save_weights", "scheduler", "n_workers", "threads_per_worker",
+            "control_seed", "max_iter", "mdl_C", "mdl_seed", "save_weights", "scheduler", "n_workers", "threads_per_worker",
             "memory_limit", "max_block_bytes", "host")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if out.get("n_workers") == 0:
@@ -121,6 +181,8 @@ def report_command(args: argparse.Namespace) -> int:
 
         raise NotFoundError("no results table here", where=args.results,
                             fix="run `probestore analyze STORE -o RESULTS` first")
-    path = build_report(args.results, args.store, args.out)
+    path = build_report(args.results, args.store, args.out, similarity_path=args.similarity,
+                        embedding_method=args.embedding, embedding_layer=args.embedding_layer,
+                        embedding_checkpoints=args.embedding_checkpoints)
     print(f"report: {path}")
     return 0

@@ -13,7 +13,9 @@ Example (every key optional)::
     alphas = [1e-3, 1e-2, 0.1, 1, 10, 100, 1e3, 1e4, 1e5]  # ridge penalties of the RCVs
     control_seed = 0          # seed of the control task's random relabeling
     max_iter = 1000           # iterations of the classifier solver per C
-    probes = ["classifier", "control", "rcv", "outputs"]
+    probes = ["classifier", "control", "rcv", "outputs"]   # add "mdl" for online-code MDL probes
+    mdl_C = 1.0               # fixed inverse L2 strength of the MDL probes
+    mdl_seed = 0              # seed of the MDL transmission order
     runs = ["generalizing", "memorizing-*"]      # fnmatch patterns; default: all
     checkpoints = ["*"]
     layers = ["relu*", "input"]
@@ -44,7 +46,11 @@ import numpy as np
 from storage_schema.errors import ConfigError, did_you_mean
 from storage_schema.validation import check_keys, check_range, check_type
 
-PROBE_KINDS = ("classifier", "control", "rcv", "outputs")
+PROBE_KINDS = ("classifier", "control", "rcv", "outputs", "mdl")
+#: Probes fitted when ``probes`` is not given. MDL is left out: it adds about two more
+#: classifier fits per block (at one C) and most analyses only need accuracies.
+DEFAULT_PROBES = ("classifier", "control", "rcv", "outputs")
+DEFAULT_MDL_C = 1.0
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 15))
 DEFAULT_MAX_BLOCK_BYTES = 1 << 30
@@ -68,7 +74,12 @@ class AnalysisConfig:
     tol : float or None
         Solver tolerance (None: the solver's default).
     probes : tuple of str
-        Subset of ``PROBE_KINDS``.
+        Subset of ``PROBE_KINDS`` (default ``DEFAULT_PROBES``: all but ``"mdl"``).
+    mdl_C : float
+        Inverse L2 strength of every MDL probe (fixed, not selected: see
+        :mod:`analyze.mdl`).
+    mdl_seed : int
+        Seed of the order in which the MDL online code transmits the train labels.
     runs, checkpoints, layers, targets : tuple of str or None
         fnmatch patterns; None selects everything.
     scheduler : str
@@ -96,7 +107,9 @@ class AnalysisConfig:
     control_seed: int = 0
     max_iter: int | None = None
     tol: float | None = None
-    probes: tuple[str, ...] = PROBE_KINDS
+    probes: tuple[str, ...] = DEFAULT_PROBES
+    mdl_C: float = DEFAULT_MDL_C
+    mdl_seed: int = 0
     runs: tuple[str, ...] | None = None
     checkpoints: tuple[str, ...] | None = None
     layers: tuple[str, ...] | None = None
@@ -157,8 +170,14 @@ class AnalysisConfig:
 
     def probe_settings(self) -> dict[str, Any]:
         """The settings that change a probe's numbers (recorded with the results)."""
-        return {"Cs": list(self.Cs), "alphas": list(self.alphas), "control_seed": self.control_seed,
-                "max_iter": self.max_iter, "tol": self.tol}
+        out = {"Cs": list(self.Cs), "alphas": list(self.alphas), "control_seed": self.control_seed,
+               "max_iter": self.max_iter, "tol": self.tol}
+        # Recorded only when changed: tables written before MDL existed stay resumable.
+        if self.mdl_C != DEFAULT_MDL_C:
+            out["mdl_C"] = self.mdl_C
+        if self.mdl_seed != 0:
+            out["mdl_seed"] = self.mdl_seed
+        return out
 
     def solver_options(self) -> dict[str, Any]:
         """Keyword arguments for the classifier solver (only those set)."""
@@ -173,7 +192,12 @@ class AnalysisConfig:
 def _validate(key: str, value: Any, where: str) -> Any:
     if key in ("Cs", "alphas"):
         return _grid(value, where)
-    if key in ("control_seed",):
+    if key == "mdl_C":
+        check_type(value, (int, float), where=where)
+        if not (np.isfinite(value) and value > 0):
+            raise ConfigError("mdl_C must be positive and finite", where=where, expected="a number > 0", got=value)
+        return float(value)
+    if key in ("control_seed", "mdl_seed"):
         check_type(value, int, where=where)
         return int(check_range(value, where=where, low=0))
     if key == "max_iter":

@@ -20,6 +20,8 @@ scheduler or the order in which blocks finish.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections import Counter
@@ -32,6 +34,7 @@ from analyze.cluster import check_store_visible, open_executor
 from analyze.config import AnalysisConfig
 from analyze.jobs import Plan, format_plan, plan_jobs
 from analyze.results import ResultsWriter, default_results_path, results_paths, write_weights
+from storage_schema.errors import ProbestoreError
 from storage_schema.store import open_store
 
 
@@ -158,7 +161,8 @@ def run_analysis(
     try:
         if pending.jobs:
             _run_pending(store_path, pending, sample, config, client, progress, log, writer, done, summary)
-        table = writer.finalize()
+        with results_write_errors(results_path):
+            table = writer.finalize()
     finally:
         writer.release()
     summary.rows = len(table)
@@ -186,11 +190,12 @@ def _run_pending(store_path, pending: Plan, sample, config, client, progress, lo
                 else:
                     outcome: BlockOutcome = task.value
                     rows = [r for r in outcome.rows if r["probe_id"] not in done]
-                    if want_weights and outcome.weights:
-                        keep = {r["probe_id"] for r in rows}
-                        write_weights(weights_path, {k: v for k, v in outcome.weights.items() if k in keep},
-                                      outcome.weight_attrs)
-                    writer.write_part(job.key, rows)  # weights first: a part implies its weights
+                    with results_write_errors(writer.path):
+                        if want_weights and outcome.weights:
+                            keep = {r["probe_id"] for r in rows}
+                            write_weights(weights_path, {k: v for k, v in outcome.weights.items() if k in keep},
+                                          outcome.weight_attrs)
+                        writer.write_part(job.key, rows)  # weights first: a part implies its weights
                     summary.blocks_done += 1
                     summary.probes_written += len(rows)
                     summary.status_counts.update(r["status"] for r in rows)
@@ -199,6 +204,27 @@ def _run_pending(store_path, pending: Plan, sample, config, client, progress, lo
                 bar.set_postfix_str(f"{rate:.1f} probes/s, {pending.n_probes} probes planned")
         finally:
             bar.close()
+
+
+@contextlib.contextmanager
+def results_write_errors(results_path: Path):
+    """An OS error while writing results (disk full, read-only, quota) as one clear line.
+
+    Why: it would otherwise surface as a pyarrow / zarr traceback. Stopping loses
+    nothing: part files are written atomically, so every block recorded before the
+    error is kept and a rerun of the same command fits only the rest.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ProbestoreError(
+            f"cannot write the analysis results ({reason})",
+            where=str(results_path),
+            got=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+            fix="free disk space (or choose a writable -o/--results path) and rerun the same command: "
+                "blocks already written are kept and skipped",
+        ) from exc
 
 
 def _describe(exc: BaseException) -> str:

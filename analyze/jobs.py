@@ -9,7 +9,9 @@ are cheap next to reading features). Per feature block:
   the run has corrupted samples (otherwise the two label sets are the same);
 - ``control`` / ``control_labels``: the probe on a fixed random relabeling (Hewitt &
   Liang's control task), which measures what the probe memorizes;
-- ``rcv`` / *concept*: one ridge RCV per continuous concept target.
+- ``rcv`` / *concept*: one ridge RCV per continuous concept target;
+- ``mdl`` / ``true_labels`` (and ``train_labels`` for corrupted runs): the online-code
+  description length of the labels (:mod:`analyze.mdl`), only when asked for.
 
 Per (run, checkpoint), the ``outputs`` block gives ``model_output`` rows (true and, for
 corrupted runs, training labels) from the stored logits. Only complete checkpoints and
@@ -38,14 +40,15 @@ from storage_schema import layout
 from storage_schema.errors import ConfigError, NotFoundError, did_you_mean
 
 #: probe kind -> the group it is fitted in
-GROUP_OF = {"classifier": "classifier", "control": "classifier", "rcv": "rcv", "model_output": "outputs"}
+GROUP_OF = {"classifier": "classifier", "control": "classifier", "rcv": "rcv", "model_output": "outputs",
+            "mdl": "mdl"}
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
     """One row of the results table to produce."""
 
-    probe: str  # classifier | control | rcv | model_output
+    probe: str  # classifier | control | rcv | model_output | mdl
     target: str  # true_labels | train_labels | control_labels | concept name
 
     @property
@@ -303,6 +306,10 @@ def _feature_probes(probes: set[str], has_corrupted: bool, targets: Sequence[str
         specs.append(ProbeSpec("control", "control_labels"))
     if "rcv" in probes:
         specs.extend(ProbeSpec("rcv", t) for t in targets)
+    if "mdl" in probes:
+        specs.append(ProbeSpec("mdl", "true_labels"))
+        if has_corrupted:
+            specs.append(ProbeSpec("mdl", "train_labels"))
     return tuple(specs)
 
 
@@ -328,7 +335,8 @@ def format_plan(plan: Plan, *, max_block_bytes: int, done: int = 0, max_lines: i
     lines = [
         f"plan: {plan.store} (dataset {plan.dataset!r}, {plan.n_samples} samples, {plan.n_classes} classes)",
         f"  runs: {len(runs)}, checkpoints: {len(ckpts)}, blocks: {len(features)} feature + {len(outputs)} outputs",
-        "  probes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("classifier", "control", "rcv", "model_output"))
+        "  probes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("classifier", "control", "rcv", "model_output")
+                              + (("mdl",) if counts.get("mdl") else ()))
         + f" (total {plan.n_probes})",
         f"  concept targets: {', '.join(plan.targets) if plan.targets else 'none'}",
         f"  read: {_fmt_bytes(mem)} as float32 ({_fmt_bytes(disk)} on disk); largest block {_fmt_bytes(largest)}; "

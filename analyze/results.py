@@ -74,9 +74,13 @@ COLUMNS: dict[str, str] = {
     "fit_seconds": _F,
     "status": _STR,
     "message": _STR,
+    # online-code MDL (probe "mdl", analyze.mdl): bits of the train labels, uniform code, their ratio
+    "mdl_codelength_bits": _F,
+    "mdl_uniform_bits": _F,
+    "mdl_compression": _F,
 }
 STATUSES = ("ok", "not_converged", "failed")
-PROBES = ("classifier", "control", "rcv", "model_output")
+PROBES = ("classifier", "control", "rcv", "model_output", "mdl")
 #: Columns whose value may change between two runs of the same analysis.
 NONDETERMINISTIC_COLUMNS = ("fit_seconds",)
 

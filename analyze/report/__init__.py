@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from analyze.report.extras import make_extra_figures
 from analyze.report.figures import FigureResult, make_figures
 from analyze.report.findings import Finding, compute_findings
 from analyze.report.html import render_html
@@ -56,6 +57,10 @@ def build_report(
     rcv_concepts: str | Sequence[str] | None = None,
     rcv_layers: str | Sequence[str] | None = None,
     table_layer: str | None = None,
+    similarity_path: str | Path | None = None,
+    embedding_method: str = "pca",
+    embedding_layer: str | None = None,
+    embedding_checkpoints: str | Sequence[str] | None = None,
 ) -> Path:
     """Write ``index.html``, ``report.md`` and ``figures/*.png`` for a results table.
 
@@ -78,6 +83,14 @@ def build_report(
     table_layer
         Layer of the MSPE table. Default: the first hidden layer (Graziani et al. use an
         early layer, ``mixed0``).
+    similarity_path
+        A CKA table written by ``probestore similarity``: adds the CKA heatmaps.
+    embedding_method
+        ``"pca"`` or ``"tsne"`` for the feature embeddings (these need ``store_path``).
+    embedding_layer
+        Layer to embed. Default: the last hidden layer.
+    embedding_checkpoints
+        Checkpoints to embed (list or comma-separated). Default: each run's first and last.
 
     Returns
     -------
@@ -103,9 +116,24 @@ def build_report(
     if table_layer is not None:
         table_layer = view.check_layer(str(table_layer), "table_layer")
 
+    if embedding_method not in ("pca", "tsne"):
+        from storage_schema.errors import ConfigError, did_you_mean
+
+        raise ConfigError(f"unknown embedding method {embedding_method!r}", where="embedding_method",
+                          expected="pca or tsne", got=repr(embedding_method),
+                          fix=did_you_mean(str(embedding_method), ("pca", "tsne")) or "use pca or tsne")
+    cka = None
+    if similarity_path is not None:
+        from analyze.similarity import read_table as read_cka
+
+        cka = read_cka(similarity_path)
+
     out = Path(out_dir) if out_dir is not None else results_path.with_name(f"{results_path.stem}_report")
     out.mkdir(parents=True, exist_ok=True)
     figures = make_figures(view, out / "figures", rcv_concepts=concepts, rcv_layers=layers, table_layer=table_layer)
+    figures += make_extra_figures(view, out / "figures", cka=cka, store_path=store_path,
+                                  embedding_method=embedding_method, embedding_layer=embedding_layer,
+                                  embedding_checkpoints=_names(embedding_checkpoints))
     findings = compute_findings(view, concept=concepts[0] if concepts else None)
     source = str(results_path)
     _atomic_write_text(out / "report.md", render_markdown(view, findings, figures, source=source))

@@ -53,6 +53,9 @@ class FigureResult:
     file: str | None = None
     note: str | None = None
     table: pd.DataFrame | None = None
+    #: False when an optional input was not given (no CKA table, no store): the note
+    #: then says how to get the figure, and is not counted as a skipped figure.
+    requested: bool = True
 
 
 def _layer_axis(ax, layers: list[str]) -> None:

@@ -23,6 +23,7 @@ th { background: #f3f3f3; }
 .fails { color: #a11; font-weight: bold; }
 .untestable { color: #777; font-weight: bold; }
 .skipped { color: #8a5a00; font-style: italic; }
+.optional { color: #777; font-style: italic; }
 .caption, .rule { color: #555; font-size: 0.9em; }
 img { max-width: 100%; border: 1px solid #eee; }
 ul.numbers { margin: 0; padding-left: 1.2em; }
@@ -73,7 +74,7 @@ def _findings(findings: list[Finding]) -> str:
 def _figure(fig: FigureResult) -> str:
     parts = [f"<section id='{escape(fig.key)}'><h3>{escape(fig.title)}</h3>"]
     if fig.note:
-        parts.append(f"<p class='skipped'>{escape(fig.note)}</p>")
+        parts.append(f"<p class='{'skipped' if fig.requested else 'optional'}'>{escape(fig.note)}</p>")
     if fig.table is not None:
         cells = mspe_cells(fig.table)
         header = ["network"] + [escape(str(c)) for c in fig.table.columns]
