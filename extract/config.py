@@ -103,6 +103,7 @@ __all__ = [
     "RunSpec",
     "ExtractOptions",
     "ConceptOptions",
+    "ConceptSetSpec",
     "load_config",
     "parse_config",
     "resolve_data_path",
@@ -177,6 +178,7 @@ class ExtractOptions:
     num_workers: int = 0
     max_flatten_features: int = 65536
     chunk_rows: int | None = None
+    gradients: bool = False
 
     def reduction_for(self, layer: str) -> str:
         """The reduction spec of ``layer``: exact override, else first matching glob, else default."""
@@ -197,6 +199,35 @@ class ConceptOptions:
     folders: dict[str, str] = field(default_factory=dict)
     n_jobs: int = 1
     texture_levels: int = 32
+    sets: dict[str, ConceptSetSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConceptSetSpec:
+    """One ``[concepts.sets]`` entry: concept examples or a random counterexample set (TCAV).
+
+    Attributes
+    ----------
+    name : str
+    role : {"concept", "random"}
+    folder : str or None
+        A folder of images: copies of dataset images (matched by file name) become rows
+        of the store, any other image goes through the network as an external example.
+    random : int or None
+        Size of a seeded random draw of the dataset's own train images (no folder).
+    of_class : str or None
+        Draw only among the train images of this class (concept examples taken from a
+        class of the dataset, e.g. "banded" textures as a concept for "chequered").
+    seed : int
+        Seed of the draw (experiment seed by default; combined with the set name).
+    """
+
+    name: str
+    role: str = "concept"
+    folder: str | None = None
+    random: int | None = None
+    seed: int = 0
+    of_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -459,7 +490,7 @@ def parse_config(data: Mapping[str, Any], *, overrides: Mapping[str, Any] | None
 
     runs = _parse_runs(data.get("runs", []), seed, training, f"{source} [[runs]]", raw)
     extract = _parse_extract(data["extract"], seed, f"{source} [extract]", raw)
-    concepts = _parse_concepts(data.get("concepts", {}), f"{source} [concepts]", raw)
+    concepts = _parse_concepts(data.get("concepts", {}), f"{source} [concepts]", raw, seed)
 
     return ExperimentConfig(
         name=exp["name"], store=store, checkpoints_dir=_path(ckdir), seed=seed, dataset=dataset,
@@ -626,17 +657,23 @@ def _parse_extract(table: Any, seed: int, where: str, raw: dict[str, Any]) -> Ex
     if chunk != "auto":
         check_type(chunk, int, where=f"{where}.chunk_rows")
         check_range(chunk, low=1, where=f"{where}.chunk_rows")
+    # Only written into the hashed content when on: stores extracted before the option
+    # existed keep their config hash.
+    gradients = check_type(d.pop("gradients", False), bool, where=f"{where}.gradients")
+    if gradients:
+        d["gradients"] = True
     raw["extract"] = d
     return ExtractOptions(
         layers=tuple(layers), reduction=d["reduction"], reductions=reductions,
         reduction_seed=d["reduction_seed"], dtype=d["dtype"], batch_size=d["batch_size"],
         device=d["device"], amp=d["amp"], num_workers=d["num_workers"],
         max_flatten_features=d["max_flatten_features"],
-        chunk_rows=None if chunk == "auto" else chunk)
+        chunk_rows=None if chunk == "auto" else chunk, gradients=gradients)
 
 
-def _parse_concepts(table: Any, where: str, raw: dict[str, Any]) -> ConceptOptions:
-    d = dict(check_keys(table, ("families", "csv", "folders", "n_jobs", "texture_levels"), where=where))
+def _parse_concepts(table: Any, where: str, raw: dict[str, Any], seed: int = 0) -> ConceptOptions:
+    d = dict(check_keys(table, ("families", "csv", "folders", "n_jobs", "texture_levels", "sets",
+                               "random_sets"), where=where))
     families = d.setdefault("families", [])
     if isinstance(families, str):
         families = d["families"] = [families]
@@ -665,8 +702,77 @@ def _parse_concepts(table: Any, where: str, raw: dict[str, Any]) -> ConceptOptio
     d.setdefault("texture_levels", 32)
     check_type(d["texture_levels"], int, where=f"{where}.texture_levels")
     check_range(d["texture_levels"], low=2, high=256, where=f"{where}.texture_levels")
+    sets = _parse_concept_sets(d, where, seed)
     raw["concepts"] = d
     return ConceptOptions(
         families=tuple(families), csv=tuple(str(_path(c)) for c in csvs),
         folders={k: str(_path(v)) for k, v in folders.items()}, n_jobs=d["n_jobs"],
-        texture_levels=d["texture_levels"])
+        texture_levels=d["texture_levels"], sets=sets)
+
+
+def _parse_concept_sets(d: dict[str, Any], where: str, seed: int) -> dict[str, ConceptSetSpec]:
+    """``[concepts.sets]`` and ``[concepts.random_sets]`` (TCAV example sets).
+
+    Forms::
+
+        [concepts.sets]
+        banded = "examples/banded"                          # concept examples (folder)
+        noise_0 = { folder = "noise/0", role = "random" }   # a random counterexample folder
+        random_a = { random = 50 }                          # 50 seeded dataset images
+        banded = { random = 40, class = "banded" }          # 40 train images of one class
+        [concepts.random_sets]                              # shorthand: random_0 .. random_{count-1}
+        count = 20
+        size = 50
+
+    Both tables are left out of the hashed content when absent.
+    """
+    out: dict[str, ConceptSetSpec] = {}
+    table = d.get("sets")
+    if table is not None:
+        check_type(table, dict, where=f"{where}.sets")
+        for name, entry in table.items():
+            w = f"{where}.sets.{name}"
+            validate_name(name, "concept set")
+            if isinstance(entry, str):
+                entry = {"folder": entry}
+            check_type(entry, dict, where=w)
+            e = dict(check_keys(entry, ("folder", "random", "role", "seed", "class"), where=w))
+            default_role = "random" if "random" in e and "class" not in e else "concept"
+            role = check_type(e.get("role", default_role), str, where=f"{w}.role")
+            if role not in ("concept", "random"):
+                raise ConfigError("unknown role", where=f"{w}.role", expected="'concept' or 'random'",
+                                  got=repr(role), fix=did_you_mean(role, ("concept", "random")) or None)
+            if ("folder" in e) == ("random" in e):
+                raise ConfigError("a concept set is either a folder or a random draw", where=w,
+                                  expected='folder = "path" or random = N', got=sorted(e),
+                                  fix='e.g. banded = "examples/banded" or random_0 = { random = 50 }')
+            if "random" in e:
+                check_type(e["random"], int, where=f"{w}.random")
+                check_range(e["random"], low=1, where=f"{w}.random")
+                if "class" in e:
+                    check_type(e["class"], str, where=f"{w}.class")
+            else:
+                check_type(e["folder"], str, where=f"{w}.folder")
+                if "class" in e:
+                    raise ConfigError("'class' only restricts a random draw", where=f"{w}.class",
+                                      fix='write { random = N, class = "..." }, or drop class')
+            s = check_type(e.get("seed", seed), int, where=f"{w}.seed")
+            out[name] = ConceptSetSpec(name, role, str(_path(e["folder"])) if "folder" in e else None,
+                                       e.get("random"), s, e.get("class"))
+    rs = d.get("random_sets")
+    if rs is not None:
+        w = f"{where}.random_sets"
+        r = dict(check_keys(check_type(rs, dict, where=w), ("count", "size", "seed", "prefix"), where=w,
+                            required=("count", "size")))
+        for key in ("count", "size"):
+            check_type(r[key], int, where=f"{w}.{key}")
+            check_range(r[key], low=1, where=f"{w}.{key}")
+        prefix = check_type(r.get("prefix", "random_"), str, where=f"{w}.prefix")
+        s = check_type(r.get("seed", seed), int, where=f"{w}.seed")
+        for i in range(r["count"]):
+            name = validate_name(f"{prefix}{i}", "concept set")
+            if name in out:
+                raise ConfigError(f"concept set {name!r} is defined twice", where=w,
+                                  fix="rename the [concepts.sets] entry or change random_sets.prefix")
+            out[name] = ConceptSetSpec(name, "random", None, r["size"], s)
+    return out

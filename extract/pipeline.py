@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from extract.config import ExperimentConfig, RunSpec
-from storage_schema.errors import CheckpointError, ConfigError
+from storage_schema.errors import CheckpointError, ConfigError, ProbestoreError, did_you_mean
 from storage_schema.names import validate_name
 from storage_schema.store import config_hash
 
@@ -362,6 +363,149 @@ def global_order(exp: Experiment, runs: Sequence[RunSpec]) -> list[tuple[RunSpec
     return [(run, ref) for run in runs for ref in checkpoint_refs(exp, run)]
 
 
+@contextlib.contextmanager
+def store_write_errors(store_path: Path):
+    """Turn an OS error while writing the store (disk full, read-only, quota) into one line.
+
+    Why here: the OS error surfaces deep inside zarr / h5py (often in the writer
+    thread), where nothing knows which command was running or what the user can do.
+    Nothing is lost by stopping: chunks and metadata are written atomically, complete
+    checkpoints stay complete, and the interrupted one resumes from its ``rows_done``.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ProbestoreError(
+            f"cannot write the store ({reason})",
+            where=str(store_path) + (f" ({exc.filename})" if exc.filename else ""),
+            got=f"{type(exc).__name__} errno {exc.errno}" if exc.errno else type(exc).__name__,
+            fix="free disk space (or make the store writable) and rerun the same command: complete "
+                "checkpoints are kept and the interrupted one resumes where it stopped",
+        ) from exc
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def add_concept_sets(store, exp: Experiment) -> dict[str, Any]:
+    """Register the ``[concepts.sets]`` of the config (TCAV examples); return the external ones.
+
+    A folder whose every image is a dataset sample (same file name, one sample each)
+    becomes rows of the store; any other folder is *external*: its images are decoded
+    and normalized exactly like the dataset's and pass through the network per
+    checkpoint. ``random = N`` draws N of the dataset's *train* images with the stream
+    ``(seed, sha256(name))`` (the test split is what TCAV scores, so it is never a
+    counterexample). Call under :func:`setup_lock`; registering is idempotent.
+
+    Returns
+    -------
+    dict of str to torch Dataset
+        External sets, in name order.
+    """
+    from extract.reductions import stable_hash
+    from storage_schema.concept_sets import add_concept_set
+
+    sets = exp.config.concepts.sets
+    if not sets:
+        return {}
+    ds = exp.dataset
+    by_base: dict[str, list[int]] = {}
+    for row, sid in enumerate(ds.sample_ids):
+        by_base.setdefault(Path(str(sid)).name, []).append(row)
+    train_rows = np.flatnonzero(exp.splits == 0)
+    external = {}
+    for name in sorted(sets):
+        spec = sets[name]
+        where = f"{exp.config.source} [concepts.sets].{name}"
+        if spec.random is not None:
+            pool, source = train_rows, f"random:{spec.random}"
+            if spec.of_class is not None:
+                if spec.of_class not in ds.class_names:
+                    raise ConfigError(f"unknown class {spec.of_class!r}", where=f"{where}.class",
+                                      expected=ds.class_names[:20], got=repr(spec.of_class),
+                                      fix=did_you_mean(spec.of_class, ds.class_names) or None)
+                pool = train_rows[ds.labels[train_rows] == ds.class_names.index(spec.of_class)]
+                source += f" of class {spec.of_class}"
+            if spec.random > len(pool):
+                raise ConfigError("random concept set larger than the train images it is drawn from",
+                                  where=where, expected=f"<= {len(pool)}", got=spec.random,
+                                  fix="draw fewer images")
+            rng = np.random.default_rng([spec.seed, stable_hash(name)])
+            rows = np.sort(rng.choice(pool, size=spec.random, replace=False))
+            add_concept_set(store, name, kind="dataset", sample_ids=ds.sample_ids[rows], rows=rows,
+                            role=spec.role, source=source, seed=spec.seed)
+            continue
+        folder = Path(spec.folder or "")
+        if not folder.is_dir():
+            from storage_schema.errors import NotFoundError
+
+            raise NotFoundError("concept set folder not found", where=where, got=str(folder),
+                                fix="create the folder of example images, or fix the path")
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError("concept set folder has no images", where=where, got=str(folder),
+                              expected=", ".join(IMAGE_SUFFIXES))
+        matches = [by_base.get(p.name, []) for p in files]
+        if all(len(m) == 1 for m in matches):
+            rows = np.sort(np.array([m[0] for m in matches], dtype=np.int64))
+            add_concept_set(store, name, kind="dataset", sample_ids=ds.sample_ids[rows], rows=rows,
+                            role=spec.role, source=str(folder))
+        else:
+            add_concept_set(store, name, kind="external", sample_ids=[p.name for p in files],
+                            role=spec.role, source=str(folder))
+            external[name] = _external_images(ds, files).torch_dataset()
+    return external
+
+
+def _external_images(ds, files: Sequence[Path]):
+    """Images outside the dataset, decoded at its size and normalized with *its* statistics."""
+    from extract.datasets import ImageDataset
+
+    images = ImageDataset(ds.spec, np.array([p.name for p in files]), np.zeros(len(files), np.int64),
+                          ds.class_names, files=list(files))
+    images._hw = tuple(ds.image_shape[:2])  # in-memory datasets know their size from the arrays
+    images._norm = ds.normalization()       # never the set's own statistics
+    return images
+
+
+def _missing_extras(store, config: ExperimentConfig, plan, run: str, ckpt: str,
+                    external_sets: dict[str, Any]) -> dict[str, Any]:
+    """What the checkpoint still lacks beyond its features: gradients, external set blocks."""
+    from storage_schema.concept_sets import concept_block_complete
+
+    out: dict[str, Any] = {"gradients": False, "sets": []}
+    if store.checkpoint_info(run, ckpt) is None:
+        return {"gradients": config.extract.gradients, "sets": sorted(external_sets)}
+    if config.extract.gradients:
+        from extract.gradients import gradients_complete
+
+        out["gradients"] = not gradients_complete(store, run, ckpt, plan.layers)
+    out["sets"] = [s for s in sorted(external_sets)
+                   if not all(concept_block_complete(store, run, ckpt, s, m) for m in plan.layers)]
+    return out
+
+
+def _extract_extras(store, config: ExperimentConfig, plan, run: str, ckpt: str, model, tds,
+                    external_sets: dict[str, Any], extras: dict[str, Any], *, device, progress: bool) -> None:
+    """Gradient pass and external concept sets of one checkpoint whose features are complete."""
+    if extras["gradients"]:
+        from extract.gradients import extract_gradients
+
+        seconds = extract_gradients(store, run, ckpt, model, tds, plan.reductions,
+                                    batch_size=config.extract.batch_size, device=device,
+                                    num_workers=config.extract.num_workers, progress=progress)
+        _log(f"{run}/{ckpt}: gradients of {len(plan.layers)} layer(s) in {seconds:.1f} s")
+    if extras["sets"]:
+        from extract.runner import extract_set_features
+
+        for name in extras["sets"]:
+            extract_set_features(store, run, ckpt, model, name, external_sets[name], plan, config.extract,
+                                 device=device)
+        _log(f"{run}/{ckpt}: {len(extras['sets'])} external concept set(s)")
+
+
 def _load_checkpoint_model(exp: Experiment, run: RunSpec, ref):
     from extract.checkpoints import load_into, load_state_dict, sha256_file
 
@@ -414,7 +558,7 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
     order = global_order(exp, selected)
     i, n = shard
     mine = [item for k, item in enumerate(order) if k % n == i]
-    with setup_lock(config.store):
+    with setup_lock(config.store), store_write_errors(config.store):
         store, created = open_or_create_store(exp, overwrite=overwrite, sharded=n > 1)
         add_targets(store, exp, progress=progress)
         add_runs(store, exp, selected)
@@ -422,6 +566,7 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
         plan = plan_extraction(exp.build_model(config.seed), exp.spec.input_shape, config.extract,
                                stored_indices={k: v for k, v in stored.items() if v is not None})
         save_indices(store, exp, plan)
+        external_sets = add_concept_sets(store, exp)
     _log(f"{'created' if created else 'opened'} {config.store}: {len(exp.dataset)} samples, "
          f"{len(plan.layers)} layer(s) + outputs, {len(mine)} of {len(order)} checkpoint(s) "
          f"for shard {i}/{n} on {device}")
@@ -429,15 +574,21 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
     tds = exp.dataset.torch_dataset()
     for run, ref in mine:
         info = store.checkpoint_info(run.name, ref.name)
-        if info is not None and info.complete:
+        features_done = info is not None and info.complete
+        extras = _missing_extras(store, config, plan, run.name, ref.name, external_sets)
+        if features_done and not any(extras.values()):
             summary.skipped.append(f"{run.name}/{ref.name}")
             continue
         model, digest, source = _load_checkpoint_model(exp, run, ref)
-        store.add_checkpoint(run.name, ref.name, epoch=ref.epoch, step=ref.step, source=source,
-                             sha256=digest)
-        stats = extract_checkpoint(store, run.name, ref.name, model, tds, plan, config.extract,
-                                   device=device, progress=progress)
-        summary.done.append(stats)
+        with store_write_errors(config.store):
+            if not features_done:
+                store.add_checkpoint(run.name, ref.name, epoch=ref.epoch, step=ref.step, source=source,
+                                     sha256=digest)
+                stats = extract_checkpoint(store, run.name, ref.name, model, tds, plan, config.extract,
+                                           device=device, progress=progress)
+                summary.done.append(stats)
+            _extract_extras(store, config, plan, run.name, ref.name, model, tds, external_sets, extras,
+                            device=device, progress=progress)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

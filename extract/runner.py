@@ -37,7 +37,7 @@ from storage_schema import layout
 from storage_schema.errors import ConfigError, DataError, did_you_mean
 
 __all__ = ["ExtractionPlan", "plan_extraction", "BatchExtractor", "batch_loader",
-           "extract_checkpoint", "CheckpointStats"]
+           "extract_checkpoint", "CheckpointStats", "extract_set_features"]
 
 
 @dataclass
@@ -91,7 +91,8 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
     ------
     ConfigError
         A pattern or override matching no layer (with the closest names), a reduction
-        that does not fit a layer, a model whose output is not ``[batch, K]``.
+        that does not fit a layer, a model whose output is not ``[batch, K]``, a
+        non-linear reduction (``gmp``) with ``options.gradients``.
     """
     module_names = {n for n, _ in model.named_modules() if n}
     pseudo_input = INPUT_LAYER in options.layers and INPUT_LAYER not in module_names
@@ -123,6 +124,10 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
         plans[name] = plan_reduction(spec, name, shapes[name], seed=options.reduction_seed,
                                      max_flatten_features=options.max_flatten_features,
                                      indices=stored)
+    if options.gradients:  # before any work: a max pool has no meaningful reduced gradient
+        from extract.gradients import check_gradient_plan
+
+        check_gradient_plan(plans)
     n_outputs = _output_width(model, input_shape, device)
     return ExtractionPlan(layers, plans, n_outputs, {n: tuple(shapes[n]) for n in layers})
 
@@ -367,6 +372,43 @@ def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch
     stats.write_seconds = writer.write_seconds
     stats.bytes_stored = sum(store.stored_bytes(run, checkpoint, m.name) for m in metas)
     return stats
+
+
+def extract_set_features(store, run: str, checkpoint: str, model: nn.Module, set_name: str,
+                         torch_dataset, plan: ExtractionPlan, options: ExtractOptions, *,
+                         device: torch.device) -> int:
+    """Features of an external concept example set at one checkpoint, every layer of the plan.
+
+    The set's images go through the same hooks and reductions as the dataset's samples
+    (same batch size and autocast), so a CAV learned on them applies to the samples'
+    features. Sets are small: the rows are kept in memory and each layer's block is
+    written once, then flagged complete (:mod:`storage_schema.concept_sets`). Layers
+    whose block is already complete are not recomputed.
+
+    Returns
+    -------
+    int
+        Layers written (0 when every block was complete).
+    """
+    from storage_schema.concept_sets import create_concept_block, write_concept_features
+
+    todo = [name for name in plan.layers
+            if not create_concept_block(store, run, checkpoint, set_name, name,
+                                        n_features=plan.reductions[name].n_features, dtype=options.dtype,
+                                        reduction=plan.reductions[name].to_dict())]
+    if not todo:
+        return 0
+    model.to(device).eval()
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in todo}
+    loader = batch_loader(torch_dataset, 0, options.batch_size, device=device, num_workers=0)
+    with BatchExtractor(model, plan, device, options.amp) as extractor:
+        for x, _idx in loader:
+            host = to_host(extractor(x.to(device)))
+            for name in todo:
+                parts[name].append(np.array(host[name], copy=True))
+    for name in todo:
+        write_concept_features(store, run, checkpoint, set_name, name, np.concatenate(parts[name]))
+    return len(todo)
 
 
 def expected_bytes(plan: ExtractionPlan, n_samples: int, dtype: str) -> int:

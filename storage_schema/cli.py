@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from storage_schema.errors import ProbestoreError
 
-COMMAND_MODULES = ("storage_schema.commands", "extract.commands", "analyze.commands")
+COMMAND_MODULES = ("storage_schema.commands", "extract.commands", "analyze.commands", "analyze.tcav_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

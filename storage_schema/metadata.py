@@ -76,6 +76,30 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "reduction": ((dict,), True),
         "source_shape": ((list,), True),
     },
+    # schema 1.1 (optional groups, SCHEMA.md §10): concept example sets ...
+    "concept_set": {
+        "kind": ((str,), True),
+        "n": ((int,), True),
+        "role": ((str,), False),
+        "source": ((str,), False),
+        "seed": (_OPT_INT, False),
+        "description": ((str,), False),
+    },
+    # ... an external set's features at one checkpoint and layer ...
+    "concept_block": {
+        "n_features": ((int,), True),
+        "reduction": ((dict,), False),
+        "complete": ((bool,), True),
+    },
+    # ... and the reduced gradients extra array of a layer (SCHEMA.md §6).
+    "gradient": {
+        "kind": ((str,), True),
+        "of": ((str,), True),
+        "reduction": ((dict,), True),
+        "lift_scale": (_NUM, True),
+        "complete": ((bool,), True),
+        "rows_done": ((int,), True),
+    },
 }
 
 TARGET_KINDS = ("class", "continuous", "binary")

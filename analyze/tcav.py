@@ -1,0 +1,691 @@
+"""Concept sensitivity from the store: TCAV with its statistical test, RCV sensitivity, ConExp.
+
+Everything here reads stored arrays only; the network is never needed.
+
+* **CAV** (Kim et al. 2018): an L2 logistic classifier separating a concept's examples
+  from a random counterexample set in one layer's feature space; the CAV is the unit
+  normal of its decision boundary (in raw-feature coordinates), pointing to the concept.
+* **TCAV score** of (class ``k``, concept, layer, checkpoint): the fraction of class
+  ``k``'s samples (test split by default) whose directional derivative
+  ``⟨grad_own_logit, cav⟩`` is positive. ``grad_own_logit`` is the gradient of the own
+  class logit reduced by the feature reduction (:mod:`extract.gradients`), so that
+  derivative is exact for the lifted direction (SCHEMA.md §6).
+* **Statistical test**: ``R`` CAVs of the concept against ``R`` different random sets
+  (``random_1..R``) and ``R`` random-vs-random CAVs (``random_0`` vs ``random_i``); a
+  two-sided Welch-free t-test (``scipy.stats.ttest_ind``, equal variances, as Kim et al.)
+  of the concept's R scores against the random ones, with Cohen's d and significance at
+  ``alpha`` (optionally Bonferroni-corrected over every test in the table).
+* **RCV sensitivity** (Graziani et al.): the derivative along the unit RCV direction of a
+  continuous concept (ridge, :func:`analyze.solvers.ridge.fit_rcv_block`): per class, the
+  mean derivative and the fraction of samples where it is positive.
+* **ConExp**: ``E[score_k | concept] - E[score_k | no concept]`` for binary concept targets,
+  from the stored logits (or softmax probabilities) only.
+
+Batching: every CAV of one (run, checkpoint, layer) — concepts × R plus the R null CAVs —
+is fitted in one call of :func:`fit_cavs`: batched Newton steps, each problem in the span
+of its own examples. The shared probe solver (:mod:`analyze.solvers.logistic`) fits many
+label sets on *one* sample set; CAVs need a different, small sample subset per problem,
+which is what makes the row-span Newton form cheap here.
+
+Determinism: random sets are drawn from ``numpy.random.default_rng([seed, r])`` (or
+are the stored ``random`` concept sets), CAVs are fitted in-process by a fixed sequence
+of batched numpy operations, and tasks are visited in a fixed order, so the same store,
+options and seed give bit-identical tables (no Dask: nothing depends on a worker count).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage_schema.errors import ConfigError, DataError, did_you_mean
+
+__all__ = ["TCAVOptions", "CAVFit", "fit_cavs", "tcav_scores", "tcav_test", "conexp",
+           "rcv_sensitivity", "draw_random_sets", "run_tcav", "write_table"]
+
+GRAD_ARRAY = "grad_own_logit"  # same name as extract.gradients.GRAD_ARRAY (no torch import here)
+SCORES = ("logit", "prob")
+
+
+@dataclass(frozen=True)
+class TCAVOptions:
+    """What to compute.
+
+    Attributes
+    ----------
+    concepts : tuple of str or None
+        Concept sets (``[concepts.sets]``, role concept) and/or binary targets; None: all.
+    repeats : int
+        ``R``: CAVs per concept, each against its own random set (>= 2 for the t-test).
+    random_size : int
+        Examples per drawn random set.
+    split : str
+        Samples whose TCAV / RCV / ConExp scores are reported.
+    alpha : float
+        Significance level.
+    bonferroni : bool
+        Divide ``alpha`` by the number of TCAV tests in the table.
+    C : float
+        Inverse L2 strength of the CAV classifiers (scikit-learn's ``C``).
+    seed : int
+    classes, layers, runs, checkpoints : tuple of str or None
+        Restrict (class names; exact names). None: all.
+    rcv : bool
+        Add RCV sensitivity for continuous targets (``rcv_targets``, None = all).
+    conexp : bool
+        Add ConExp for binary targets.
+    conexp_score : {"logit", "prob"}
+    threads : int
+        BLAS threads. The batched products are small: one thread is fastest on a busy
+        machine (more threads spin-wait against other processes), and a fixed count
+        keeps the floats identical from run to run.
+    """
+
+    concepts: tuple[str, ...] | None = None
+    repeats: int = 50
+    random_size: int = 50
+    split: str = "test"
+    alpha: float = 0.05
+    bonferroni: bool = False
+    C: float = 1.0
+    seed: int = 0
+    classes: tuple[str, ...] | None = None
+    layers: tuple[str, ...] | None = None
+    runs: tuple[str, ...] | None = None
+    checkpoints: tuple[str, ...] | None = None
+    rcv: bool = True
+    rcv_targets: tuple[str, ...] | None = None
+    conexp: bool = True
+    conexp_score: str = "logit"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        where = "tcav options"
+        if not isinstance(self.repeats, int) or self.repeats < 2:
+            raise ConfigError("repeats must be an integer >= 2 (the t-test needs two scores per group)",
+                              where=f"{where}.repeats", got=repr(self.repeats), fix="e.g. --repeats 50")
+        if not isinstance(self.random_size, int) or self.random_size < 2:
+            raise ConfigError("random_size must be an integer >= 2", where=f"{where}.random_size",
+                              got=repr(self.random_size))
+        if not 0 < self.alpha < 1:
+            raise ConfigError("alpha must be in (0, 1)", where=f"{where}.alpha", got=self.alpha)
+        if not self.C > 0:
+            raise ConfigError("C must be > 0", where=f"{where}.C", got=self.C)
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError("threads must be an integer >= 1", where=f"{where}.threads", got=repr(self.threads))
+        if self.conexp_score not in SCORES:
+            raise ConfigError("unknown ConExp score", where=f"{where}.conexp_score", expected=SCORES,
+                              got=repr(self.conexp_score))
+
+
+# --------------------------------------------------------------------------- pure maths
+
+
+@dataclass
+class CAVFit:
+    """``P`` CAVs fitted together.
+
+    Attributes
+    ----------
+    directions : ndarray (P, F)
+        Unit normals in raw-feature coordinates, pointing to the positive (concept) side.
+    coef, intercept : ndarray (P, F), (P,)
+        The decision functions on raw features: ``x @ coef[p] + intercept[p]``.
+    accuracy : ndarray (P,)
+        Training accuracy of each classifier on its own examples.
+    converged : bool
+    """
+
+    directions: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    accuracy: np.ndarray
+    converged: bool
+
+
+def fit_cavs(X: np.ndarray, masks: np.ndarray, y: np.ndarray, *, C: float = 1.0,
+             tol: float = 1e-9, max_iter: int = 100, max_bytes: int = 2**27) -> CAVFit:
+    """Fit ``P`` L2 logistic classifiers on row subsets of one matrix, in one call.
+
+    Problem ``p`` is scikit-learn's ``LogisticRegression(C=C)`` on the rows
+    ``masks[p]`` of ``X`` with labels ``y[p]`` (1 = concept), on features centred with
+    the mean of all rows of ``X`` and divided by one scalar, their RMS spread (shared by
+    every problem, so that all CAVs of a layer live in one coordinate system). The
+    scaling is isotropic on purpose: the L2 penalty then treats every direction alike,
+    so the CAV rotates with the features (a per-feature standardization would not), and
+    one ``C`` means the same on every layer.
+
+    How: each problem's rows are gathered into a padded batch ``[P, m, F]``. The L2
+    optimum lies in the span of a problem's own rows (the loss gradient is ``Xᵀ r``), so
+    each problem is solved exactly in that span, of dimension ``k = min(m, F)``, by
+    batched Newton steps with a per-problem backtracking line search: one batched QR,
+    then per iteration one ``[P, m, k]`` product and one batched ``(k+1)²`` solve. CAV
+    sets are small (tens to hundreds of examples), so ``k`` stays small whatever the
+    layer width. Problems are processed in groups of at most ``max_bytes`` of batch.
+
+    Parameters
+    ----------
+    X : ndarray (n, F)
+        Union of every example used by any problem.
+    masks : ndarray of bool (P, n)
+    y : ndarray of {0, 1} (P, n)
+        Labels (ignored outside the mask).
+    C : float
+    tol : float
+        Stop a problem when ``max |gradient|`` of ``mean loss + ||w||² / (2 C n_p)`` is
+        below ``tol``.
+    max_iter : int
+        Newton iterations.
+    max_bytes : int
+        Memory bound of one group's gathered batch.
+
+    Returns
+    -------
+    CAVFit
+
+    Raises
+    ------
+    DataError
+        Non-finite features, a problem without both classes.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    masks = np.asarray(masks, dtype=bool)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or masks.ndim != 2 or masks.shape != y.shape or masks.shape[1] != X.shape[0]:
+        raise DataError("CAV inputs do not align", where="fit_cavs",
+                        expected="X (n, F), masks and y (P, n)", got=f"{X.shape}, {masks.shape}, {y.shape}")
+    if not np.isfinite(X).all():
+        raise DataError("non-finite features", where="fit_cavs")
+    pos = (masks & (y > 0.5)).sum(1)
+    neg = (masks & (y <= 0.5)).sum(1)
+    if (pos == 0).any() or (neg == 0).any():
+        raise DataError("a CAV problem lacks concept or counterexamples", where="fit_cavs",
+                        got=f"positives {pos.min()}, negatives {neg.min()}")
+    P, F = masks.shape[0], X.shape[1]
+    mean = X.mean(0)
+    # One scalar for every feature (the RMS spread): per-feature scaling would tilt the
+    # boundary normal by 1/scale² and make the CAV depend on the units of each unit.
+    scale = float(np.sqrt(((X - mean) ** 2).mean()))
+    scale = scale if scale > 0 else 1.0
+    Xs = (X - mean) / scale
+    m = int(masks.sum(1).max())
+    group = max(1, int(max_bytes // max(1, 8 * m * F)))
+    W = np.zeros((P, F))
+    b = np.zeros(P)
+    converged = True
+    for lo in range(0, P, group):
+        hi = min(P, lo + group)
+        Wg, bg, ok = _newton_group(Xs, masks[lo:hi], y[lo:hi], m, C, tol, max_iter)
+        W[lo:hi], b[lo:hi] = Wg, bg
+        converged &= ok
+    coef = W / scale
+    intercept = b - coef @ mean
+    norms = np.linalg.norm(coef, axis=1, keepdims=True)
+    directions = np.divide(coef, norms, out=np.zeros_like(coef), where=norms > 0)
+    pred = (X @ coef.T + intercept) > 0       # (n, P)
+    acc = ((pred == (y.T > 0.5)) & masks.T).sum(0) / masks.sum(1)
+    return CAVFit(directions, coef, intercept, acc, bool(converged))
+
+
+def _newton_group(Xs, masks, y, m, C, tol, max_iter):
+    """Batched Newton for one group of problems, in each problem's row span."""
+    P, F = masks.shape[0], Xs.shape[1]
+    Xb = np.zeros((P, m, F))
+    Yb = np.zeros((P, m))
+    Mb = np.zeros((P, m))
+    for p in range(P):
+        rows = np.flatnonzero(masks[p])
+        Xb[p, :len(rows)] = Xs[rows]
+        Yb[p, :len(rows)] = y[p, rows]
+        Mb[p, :len(rows)] = 1.0
+    n_p = Mb.sum(1)
+    lam = 1.0 / (C * n_p)                      # scaled objective: mean loss + lam/2 ||w||²
+    if F <= m:
+        Q = None
+        Z = Xb                                 # (P, m, F): the primal problem is small already
+    else:
+        Q = np.linalg.qr(Xb.transpose(0, 2, 1))[0]      # (P, F, m): spans each problem's rows
+        Z = Xb @ Q                             # (P, m, m)
+    k = Z.shape[2]
+    theta = np.zeros((P, k + 1))               # (a, b): w = Vtᵀ a
+    Zb = np.concatenate([Z, Mb[:, :, None]], axis=2)     # intercept column (0 on padding)
+    ZbT = Zb.transpose(0, 2, 1)
+    reg = np.ones(k + 1)
+    reg[-1] = 0.0                              # the intercept is not penalized
+
+    def objective(th):
+        z = np.matmul(Zb, th[:, :, None])[:, :, 0]
+        loss = ((np.logaddexp(0.0, z) - Yb * z) * Mb).sum(1) / n_p
+        return loss + 0.5 * lam * ((th * reg) ** 2).sum(1), z
+
+    f, z = objective(theta)
+    active = np.ones(P, bool)
+    for _ in range(max_iter):
+        prob = 0.5 * (1.0 + np.tanh(0.5 * z))
+        r = (prob - Yb) * Mb / n_p[:, None]
+        g = np.matmul(ZbT, r[:, :, None])[:, :, 0] + lam[:, None] * theta * reg
+        active = np.abs(g).max(1) > tol
+        if not active.any():
+            break
+        s = prob * (1.0 - prob) * Mb / n_p[:, None]
+        H = np.matmul(ZbT * s[:, None, :], Zb) + lam[:, None, None] * np.diag(reg)[None]
+        H[:, -1, -1] += 1e-12                  # all-equal scores: keep the system solvable
+        step = np.linalg.solve(H, g[:, :, None])[:, :, 0]
+        step[~active] = 0.0
+        slope = (g * step).sum(1)
+        t = np.ones(P)
+        for _ls in range(40):                  # per-problem backtracking (Armijo)
+            f_new, z_new = objective(theta - t[:, None] * step)
+            bad = active & (f_new > f - 1e-4 * t * slope)
+            if not bad.any():
+                break
+            t = np.where(bad, 0.5 * t, t)
+        theta = theta - t[:, None] * step
+        f, z = objective(theta)
+    W = theta[:, :k] if Q is None else np.einsum("pk,pfk->pf", theta[:, :k], Q)
+    return W, theta[:, k], not active.any()
+
+
+def tcav_scores(grads: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Fraction of samples with a positive directional derivative, per direction.
+
+    Parameters
+    ----------
+    grads : ndarray (m, F)
+        Reduced own-class gradients of one class's samples.
+    directions : ndarray (P, F)
+
+    Returns
+    -------
+    ndarray (P,)
+        NaN when ``m == 0``.
+    """
+    grads = np.asarray(grads, dtype=np.float64)
+    if len(grads) == 0:
+        return np.full(len(directions), np.nan)
+    return ((grads @ np.asarray(directions, dtype=np.float64).T) > 0).mean(0)
+
+
+def tcav_test(concept_scores: np.ndarray, random_scores: np.ndarray) -> dict[str, float]:
+    """Two-sided t-test of concept TCAV scores against random-vs-random ones (Kim et al.).
+
+    Returns
+    -------
+    dict
+        ``mean``, ``std`` (ddof=1) of both groups, ``t``, ``p_value``
+        (``scipy.stats.ttest_ind``, equal variances) and ``cohen_d``
+        (mean difference over the pooled standard deviation; 0 when both groups are
+        constant and equal, ±inf when constant and different). ``p_value`` is 1 when
+        both groups are the same constant (no evidence of any difference).
+    """
+    from scipy.stats import ttest_ind
+
+    a = np.asarray(concept_scores, dtype=np.float64)
+    b = np.asarray(random_scores, dtype=np.float64)
+    na, nb = len(a), len(b)
+    va, vb = a.var(ddof=1), b.var(ddof=1)
+    pooled = np.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
+    diff = a.mean() - b.mean()
+    if pooled > 0:
+        d = diff / pooled
+        with warnings.catch_warnings():  # one constant group (all scores 1.0) is legitimate
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t, p = ttest_ind(a, b)
+        t, p = float(t), float(p)
+    else:
+        d = 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
+        t = 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
+        p = 1.0 if diff == 0 else 0.0
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)), "random_mean": float(b.mean()),
+            "random_std": float(b.std(ddof=1)), "t": t, "p_value": p, "cohen_d": float(d)}
+
+
+def conexp(scores: np.ndarray, concept: np.ndarray) -> np.ndarray:
+    """ConExp per class: mean score with the concept minus mean score without.
+
+    Parameters
+    ----------
+    scores : ndarray (m, K)
+        Logits or probabilities of the evaluated samples.
+    concept : ndarray of bool (m,)
+
+    Returns
+    -------
+    ndarray (K,)
+        NaN when either group is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    concept = np.asarray(concept, dtype=bool)
+    if concept.all() or not concept.any():
+        return np.full(scores.shape[1], np.nan)
+    return scores[concept].mean(0) - scores[~concept].mean(0)
+
+
+def rcv_sensitivity(grads: np.ndarray, direction: np.ndarray) -> tuple[float, float]:
+    """Mean derivative along a unit RCV direction and the fraction of positive ones."""
+    if len(grads) == 0 or not np.isfinite(direction).all():
+        return float("nan"), float("nan")
+    d = np.asarray(grads, dtype=np.float64) @ np.asarray(direction, dtype=np.float64)
+    return float(d.mean()), float((d > 0).mean())
+
+
+def draw_random_sets(pool: np.ndarray, n_sets: int, size: int, seed: int) -> list[np.ndarray]:
+    """``n_sets`` seeded random subsets (sorted rows) of ``pool``; set ``r`` uses stream ``[seed, r]``.
+
+    Each set depends only on ``(seed, r, pool, size)``: asking for more repeats keeps the
+    first sets unchanged.
+    """
+    pool = np.asarray(pool, dtype=np.int64)
+    if size > len(pool):
+        raise ConfigError("random sets larger than the pool of candidate samples", where="tcav random_size",
+                          expected=f"<= {len(pool)}", got=size, fix="lower --random-size")
+    return [np.sort(np.random.default_rng([seed, r]).choice(pool, size=size, replace=False))
+            for r in range(n_sets)]
+
+
+# --------------------------------------------------------------------------- store side
+
+
+def _select(names: Sequence[str], wanted: Sequence[str] | None, what: str, where: str) -> list[str]:
+    if wanted is None:
+        return list(names)
+    for w in wanted:
+        if w not in names:
+            raise ConfigError(f"unknown {what} {w!r}", where=where, expected=list(names)[:20], got=repr(w),
+                              fix=did_you_mean(w, names) or "see `probestore inspect STORE`")
+    return [n for n in names if n in set(wanted)]
+
+
+@dataclass
+class _Concept:
+    name: str
+    source: str               # "set" or "target"
+    rows: np.ndarray | None   # dataset rows (None: external set)
+
+
+def _concepts(store, opts: TCAVOptions) -> list[_Concept]:
+    from storage_schema.concept_sets import concept_set_rows, concept_sets
+
+    sets = concept_sets(store, role="concept")
+    binary = [t for t in store.target_names() if store.target_info(t).kind == "binary"]
+    names = _select(sets + [b for b in binary if b not in sets], opts.concepts, "concept",
+                    "tcav --concepts (concept sets and binary targets)")
+    out = []
+    for name in names:
+        if name in sets:
+            out.append(_Concept(name, "set", concept_set_rows(store, name)))
+        else:
+            rows = np.flatnonzero(store.read_target(name))
+            if len(rows) < 2:  # a binary target with no examples cannot define a direction
+                if opts.concepts is not None:
+                    raise ConfigError(f"binary target {name!r} has {len(rows)} positive sample(s)",
+                                      where="tcav --concepts", expected="at least 2 concept examples",
+                                      fix="add example images for the concept, or leave it out")
+                continue
+            out.append(_Concept(name, "target", rows))
+    return out
+
+
+def _concept_features(store, run, ckpt, layer, c: _Concept) -> np.ndarray:
+    from storage_schema.concept_sets import read_concept_features
+
+    if c.source == "set":
+        return read_concept_features(store, run, ckpt, c.name, layer)
+    return store.read_layer(run, ckpt, layer, c.rows)
+
+
+def _has_grad(store, run, ckpt, layer) -> bool:
+    from storage_schema.concept_sets import extra_complete
+
+    return extra_complete(store, run, ckpt, layer, GRAD_ARRAY)
+
+
+def run_tcav(store_path: str | Path, opts: TCAVOptions, *, log=None) -> list[dict]:
+    """Every TCAV / RCV / ConExp row of a store, in a fixed order.
+
+    Parameters
+    ----------
+    store_path : str or Path
+    opts : TCAVOptions
+    log : callable, optional
+        Progress lines.
+
+    Returns
+    -------
+    list of dict
+        Tidy rows (``method`` = ``tcav``, ``rcv`` or ``conexp``); see :func:`write_table`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown names, no layer with stored gradients (for TCAV / RCV).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=opts.threads, user_api="blas"):
+        return _run_tcav(store_path, opts, log or (lambda _msg: None))
+
+
+def _run_tcav(store_path, opts: TCAVOptions, log) -> list[dict]:
+    from storage_schema.concept_sets import concept_set_rows, concept_sets
+    from storage_schema.store import open_store
+
+    store = open_store(store_path, "r")
+    try:
+        class_names = list(store.dataset.class_names)
+        labels = store.labels()
+        eval_rows = store.split_indices(opts.split)
+        classes = _select(class_names, opts.classes, "class", "tcav --classes")
+        class_ids = [class_names.index(c) for c in classes]
+        concepts = _concepts(store, opts)
+        runs = _select(store.runs(), opts.runs, "run", "tcav --runs")
+        train_rows = store.split_indices("train")
+        excluded = np.unique(np.concatenate([c.rows for c in concepts if c.rows is not None] or [np.zeros(0, int)]))
+        pool = np.setdiff1d(train_rows, excluded)
+        stored_random = {s: concept_set_rows(store, s) for s in concept_sets(store, role="random")}
+        rows: list[dict] = []
+        binary = [t for t in store.target_names() if store.target_info(t).kind == "binary"]
+        continuous = [t for t in store.target_names() if store.target_info(t).kind == "continuous"]
+        rcv_targets = _select(continuous, opts.rcv_targets, "continuous target", "tcav --rcv-targets") \
+            if opts.rcv else []
+        any_grad = False
+        ckpts_of = {run: [c.name for c in store.checkpoints(run)] for run in runs}
+        if opts.checkpoints is not None:
+            _select(sorted({c for cs in ckpts_of.values() for c in cs}), opts.checkpoints, "checkpoint",
+                    "tcav --checkpoints")
+        for run in runs:
+            ckpts = ckpts_of[run]
+            for ckpt_name in ckpts if opts.checkpoints is None else [c for c in ckpts if c in opts.checkpoints]:
+                epoch = store.checkpoint_info(run, ckpt_name).epoch
+                base = {"run": run, "checkpoint": ckpt_name, "epoch": epoch}
+                layers = [b.name for b in store.layers(run, ckpt_name)]
+                layers = [m for m in (layers if opts.layers is None else
+                                      _select(layers, opts.layers, "layer", "tcav --layers"))
+                          if _has_grad(store, run, ckpt_name, m)]
+                any_grad |= bool(layers)
+                for layer in layers:
+                    log(f"{run}/{ckpt_name}/{layer}")
+                    grads = store.read_extra(run, ckpt_name, layer, GRAD_ARRAY)
+                    g_cls = {k: grads[eval_rows[labels[eval_rows] == k]] for k in class_ids}
+                    if concepts:
+                        rows += _tcav_block(store, run, ckpt_name, layer, concepts, g_cls, class_names,
+                                            pool, stored_random, opts, base)
+                    if rcv_targets:
+                        rows += _rcv_block(store, run, ckpt_name, layer, rcv_targets, g_cls,
+                                           class_names, base)
+                if opts.conexp and binary:
+                    rows += _conexp_rows(store, run, ckpt_name, binary, eval_rows, class_ids,
+                                         class_names, opts, base)
+        if (concepts or rcv_targets) and not any_grad:
+            raise ConfigError("no layer of the selected checkpoints has stored gradients",
+                              where=str(store_path), expected=f"complete '{GRAD_ARRAY}' arrays",
+                              fix="extract with [extract] gradients = true (TCAV and RCV sensitivity "
+                                  "need the reduced gradients)")
+    finally:
+        store.close()
+    tests = [r for r in rows if r["method"] == "tcav"]
+    alpha = opts.alpha / max(1, len(tests)) if opts.bonferroni else opts.alpha
+    for r in tests:
+        r["alpha"] = alpha
+        r["significant"] = bool(r["p_value"] < alpha)
+    return rows
+
+
+def _tcav_block(store, run, ckpt, layer, concepts, g_cls, class_names, pool, stored_random, opts, base):
+
+    R = opts.repeats
+    if len(stored_random) >= R + 1:
+        names = list(stored_random)[: R + 1]
+        rand_feats = _read_sets(store, run, ckpt, layer, names, stored_random)
+        random_source = "stored sets"
+    else:
+        sets = draw_random_sets(pool, R + 1, opts.random_size, opts.seed)
+        union = np.unique(np.concatenate(sets))
+        X_pool = store.read_layer(run, ckpt, layer, union)
+        rand_feats = [X_pool[np.searchsorted(union, s)] for s in sets]
+        random_source = f"drawn from train (seed {opts.seed})"
+    concept_feats = [_concept_features(store, run, ckpt, layer, c) for c in concepts]
+    # One matrix: concept examples, then random sets; problems select their rows by mask.
+    parts = concept_feats + rand_feats
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    X = np.concatenate(parts)
+    n = len(X)
+
+    def span(i):
+        m = np.zeros(n, bool)
+        m[offsets[i]:offsets[i + 1]] = True
+        return m
+
+    C_ = len(concepts)
+    masks, ys = [], []
+    for ci in range(C_):
+        for r in range(1, R + 1):        # concept vs random_r
+            pos, neg = span(ci), span(C_ + r)
+            masks.append(pos | neg)
+            ys.append(pos)
+    for r in range(1, R + 1):            # random_0 vs random_r (the null distribution)
+        pos, neg = span(C_), span(C_ + r)
+        masks.append(pos | neg)
+        ys.append(pos & ~neg)
+    fit = fit_cavs(X, np.array(masks), np.array(ys, dtype=float), C=opts.C)
+    out = []
+    null_dirs = fit.directions[C_ * R:]
+    for k_name_idx, g in g_cls.items():
+        null_scores = tcav_scores(g, null_dirs)
+        for ci, c in enumerate(concepts):
+            dirs = fit.directions[ci * R:(ci + 1) * R]
+            scores = tcav_scores(g, dirs)
+            stats = tcav_test(scores, null_scores) if len(g) else {
+                "mean": np.nan, "std": np.nan, "random_mean": np.nan, "random_std": np.nan,
+                "t": np.nan, "p_value": np.nan, "cohen_d": np.nan}
+            out.append({**base, "method": "tcav", "layer": layer, "concept": c.name,
+                        "class_index": int(k_name_idx), "class_name": class_names[k_name_idx],
+                        "n_samples": int(len(g)), "repeats": R, "score_mean": stats["mean"],
+                        "score_std": stats["std"], "random_mean": stats["random_mean"],
+                        "random_std": stats["random_std"], "t": stats["t"], "p_value": stats["p_value"],
+                        "effect_size": stats["cohen_d"], "n_concept": int(len(concept_feats[ci])),
+                        "cav_accuracy": float(fit.accuracy[ci * R:(ci + 1) * R].mean()),
+                        "random_source": random_source, "converged": fit.converged})
+    return out
+
+
+def _read_sets(store, run, ckpt, layer, names, rows):
+    """Features of several concept sets; dataset sets are read with one pass over the block.
+
+    ``rows`` maps each set to its dataset rows (None for an external set).
+    """
+    from storage_schema.concept_sets import read_concept_features
+
+    dataset = [s for s in names if rows[s] is not None]
+    out = {}
+    if dataset:
+        union = np.unique(np.concatenate([rows[s] for s in dataset]))
+        block = store.read_layer(run, ckpt, layer, union)
+        out = {s: block[np.searchsorted(union, rows[s])] for s in dataset}
+    return [out[s] if s in out else read_concept_features(store, run, ckpt, s, layer) for s in names]
+
+
+def _rcv_block(store, run, ckpt, layer, targets, g_cls, class_names, base):
+    from analyze.solvers.ridge import fit_rcv_block
+
+    X = store.read_layer(run, ckpt, layer)
+    Y = np.stack([store.read_target(t) for t in targets], axis=1)
+    idx = {s: store.split_indices(s) for s in ("train", "valid", "test")}
+    ok = np.isfinite(Y).all(1)
+    idx = {s: v[ok[v]] for s, v in idx.items()}
+    try:
+        res = fit_rcv_block(X[idx["train"]], Y[idx["train"]], X[idx["valid"]], Y[idx["valid"]],
+                            X[idx["test"]] if len(idx["test"]) else None,
+                            Y[idx["test"]] if len(idx["test"]) else None)
+    except DataError:
+        return []
+    out = []
+    for ti, t in enumerate(targets):
+        direction = res.direction[ti]
+        r2 = float(res.r2_test[ti])
+        for k, g in g_cls.items():
+            mean, frac = rcv_sensitivity(g, direction)
+            out.append({**base, "method": "rcv", "layer": layer, "concept": t, "class_index": int(k),
+                        "class_name": class_names[k], "n_samples": int(len(g)), "score_mean": mean,
+                        "sign_fraction": frac, "rcv_r2_test": r2})
+    return out
+
+
+def _conexp_rows(store, run, ckpt, binary, eval_rows, class_ids, class_names, opts, base):
+    logits = store.read_logits(run, ckpt, eval_rows).astype(np.float64)
+    if opts.conexp_score == "prob":
+        z = logits - logits.max(1, keepdims=True)
+        scores = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    else:
+        scores = logits
+    out = []
+    for b in binary:
+        concept = store.read_target(b)[eval_rows].astype(bool)
+        diff = conexp(scores, concept)
+        for k in class_ids:
+            out.append({**base, "method": "conexp", "layer": None, "concept": b, "class_index": int(k),
+                        "class_name": class_names[k], "n_samples": int(len(eval_rows)),
+                        "score_mean": float(diff[k]), "n_concept": int(concept.sum()),
+                        "conexp_score": opts.conexp_score})
+    return out
+
+
+COLUMNS = ("method", "run", "checkpoint", "epoch", "layer", "concept", "class_index", "class_name",
+           "n_samples", "n_concept", "repeats", "score_mean", "score_std", "random_mean", "random_std",
+           "t", "p_value", "effect_size", "alpha", "significant", "cav_accuracy", "sign_fraction",
+           "rcv_r2_test", "conexp_score", "random_source", "converged")
+
+
+def write_table(rows: list[dict], path: str | Path, opts: TCAVOptions) -> Path:
+    """Write the tidy table (Parquet, atomically; the options in the file metadata).
+
+    One row per (method, run, checkpoint, layer, concept, class); columns not used by a
+    method are null.
+    """
+    import json
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"probestore.tcav"] = json.dumps(asdict(opts), sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,77 @@
+"""``probestore tcav``: concept sensitivity (TCAV, RCV sensitivity, ConExp) of a store.
+
+Registered like the other stages' commands (``register(subparsers)``); imports nothing
+heavy at module level, so ``probestore --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register", "tcav_command"]
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def register(subparsers) -> None:
+    """Add ``probestore tcav`` to the ``probestore`` parser."""
+    p = subparsers.add_parser(
+        "tcav",
+        help="concept sensitivity from stored gradients: TCAV with its t-test, RCV sensitivity, ConExp",
+        description=(
+            "TCAV (Kim et al. 2018) from the store, without the network: per (run, checkpoint, layer) "
+            "R CAVs of each concept against R random sets and R random-vs-random CAVs, the TCAV score of "
+            "every class (fraction of its samples with a positive derivative along the CAV), a two-sided "
+            "t-test, Cohen's d and significance. Also the derivative along RCV directions of continuous "
+            "concepts (Graziani et al.) and ConExp of binary concepts from the stored logits. Needs a "
+            "store extracted with [extract] gradients = true (ConExp needs only logits). Seeded and "
+            "deterministic: the same command gives the same table."),
+    )
+    p.add_argument("store", help="the store (.zarr or .h5)")
+    p.add_argument("-o", "--output", metavar="PATH", help="table (.parquet; default: <store>.tcav.parquet)")
+    p.add_argument("--concepts", metavar="NAMES", help="comma-separated concept sets / binary targets (default: all)")
+    p.add_argument("--classes", metavar="NAMES", help="comma-separated class names (default: all)")
+    p.add_argument("--layers", metavar="NAMES", help="comma-separated layers (default: all with gradients)")
+    p.add_argument("--runs", metavar="NAMES")
+    p.add_argument("--checkpoints", metavar="NAMES")
+    p.add_argument("--repeats", type=int, default=50, metavar="R", help="CAVs per concept and null CAVs (default 50)")
+    p.add_argument("--random-size", type=int, default=50, metavar="N", help="examples per random set (default 50)")
+    p.add_argument("--split", default="test", help="samples scored (default: test)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--bonferroni", action="store_true", help="divide alpha by the number of TCAV tests")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the CAV classifiers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-rcv", action="store_true", help="skip RCV sensitivity")
+    p.add_argument("--rcv-targets", metavar="NAMES", help="continuous targets for RCV sensitivity (default: all)")
+    p.add_argument("--no-conexp", action="store_true", help="skip ConExp")
+    p.add_argument("--conexp-score", choices=("logit", "prob"), default="logit")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1; see TCAVOptions)")
+    p.set_defaults(func=tcav_command)
+
+
+def tcav_command(args: argparse.Namespace) -> int:
+    from analyze.tcav import TCAVOptions, run_tcav, write_table
+
+    opts = TCAVOptions(
+        concepts=_names(args.concepts), repeats=args.repeats, random_size=args.random_size, split=args.split,
+        alpha=args.alpha, bonferroni=args.bonferroni, C=args.C, seed=args.seed, classes=_names(args.classes),
+        layers=_names(args.layers), runs=_names(args.runs), checkpoints=_names(args.checkpoints),
+        rcv=not args.no_rcv, rcv_targets=_names(args.rcv_targets), conexp=not args.no_conexp,
+        conexp_score=args.conexp_score, threads=args.threads)
+    store = Path(args.store)
+    out = Path(args.output) if args.output else store.with_name(store.name + ".tcav.parquet")
+    t0 = time.perf_counter()
+    rows = run_tcav(store, opts, log=lambda m: print(f"tcav: {m}", file=sys.stderr, flush=True))
+    write_table(rows, out, opts)
+    n_sig = sum(1 for r in rows if r["method"] == "tcav" and r.get("significant"))
+    n_tests = sum(1 for r in rows if r["method"] == "tcav")
+    print(f"{len(rows)} rows ({n_tests} TCAV tests, {n_sig} significant) in "
+          f"{time.perf_counter() - t0:.1f} s -> {out}")
+    return 0
