@@ -166,6 +166,8 @@ def _label_sets(job: BlockJob, specs, sample: SampleData, idx) -> dict[str, tupl
     out = {}
     for s in specs:
         y = sources[s.target]
+        # The plan only asks for control labels when they were drawn, and only for planned runs.
+        assert y is not None, f"no {s.target} for run {job.run}"
         out[s.target] = tuple(y[idx[split]] if idx[split].size else None for split in SPLITS)
     return out
 
@@ -516,8 +518,8 @@ def run_block(store_path: str, job: BlockJob, sample: SampleData, config: Analys
     with _blas_threads(config.threads_per_worker), open_store(store_path, "r") as store:
         store.check_fingerprint(sample.fingerprint, where=f"{store_path} (changed during the analysis?)")
         if job.kind == "outputs":
-            rows = _outputs_rows(store, job, sample)
-            return BlockOutcome(job.key, rows, seconds=time.perf_counter() - t0)
+            outputs = _outputs_rows(store, job, sample)
+            return BlockOutcome(job.key, outputs, seconds=time.perf_counter() - t0)
         groups: dict[str, list[ProbeSpec]] = {}
         for spec in job.probes:
             groups.setdefault(spec.group, []).append(spec)

@@ -127,12 +127,12 @@ class DaskExecutor:
         if not items:
             return
         # Large shared arguments (the per-sample data) go to every worker once.
-        rest = [self.client.scatter(a, broadcast=True) if _is_large(a) else a for a in rest]
+        shared = [self.client.scatter(a, broadcast=True) if _is_large(a) else a for a in rest]
         tag = uuid.uuid4().hex[:8]
         futures = {}
         for i, item in enumerate(items):
             name = getattr(item, "name", str(i))
-            fut = self.client.submit(fn, store_path, item, *rest, key=f"probestore-{tag}-{i}-{name}", pure=False)
+            fut = self.client.submit(fn, store_path, item, *shared, key=f"probestore-{tag}-{i}-{name}", pure=False)
             futures[fut] = item
         for fut in as_completed(list(futures)):
             item = futures.pop(fut)

@@ -131,6 +131,8 @@ def _register_report(subparsers) -> None:
     p.add_argument("--store", help="the store it came from (dataset name, layer order)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--similarity", metavar="CKA_TABLE", help="CKA table from `probestore similarity` (heatmaps)")
+    p.add_argument("--tcav", metavar="TCAV_TABLE",
+                   help="table from `probestore tcav` (TCAV significance, RCV sensitivity, ConExp)")
     p.add_argument("--embedding", default="pca", choices=("pca", "tsne"),
                    help="method of the feature embeddings (need --store; default pca)")
     p.add_argument("--embedding-layer", metavar="LAYER", help="layer to embed (default: the last hidden layer)")
@@ -183,6 +185,6 @@ def report_command(args: argparse.Namespace) -> int:
                             fix="run `probestore analyze STORE -o RESULTS` first")
     path = build_report(args.results, args.store, args.out, similarity_path=args.similarity,
                         embedding_method=args.embedding, embedding_layer=args.embedding_layer,
-                        embedding_checkpoints=args.embedding_checkpoints)
+                        embedding_checkpoints=args.embedding_checkpoints, tcav_path=args.tcav)
     print(f"report: {path}")
     return 0

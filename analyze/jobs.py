@@ -142,7 +142,8 @@ def reduction_label(reduction: Any) -> str:
     if not isinstance(reduction, dict) or not reduction.get("kind"):
         return "none"
     kind = str(reduction["kind"])
-    params = reduction.get("params") if isinstance(reduction.get("params"), dict) else {}
+    raw_params = reduction.get("params")
+    params = raw_params if isinstance(raw_params, dict) else {}
     k = params.get("k", reduction.get("k"))
     return f"{kind}:{k}" if k is not None and kind in ("random", "project") else kind
 

@@ -30,7 +30,7 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -270,7 +270,7 @@ class ResultsWriter:
         self.metadata.setdefault("format", RESULTS_FORMAT)
         self.metadata.setdefault("version", RESULTS_VERSION)
         self.fingerprint = str(self.metadata["fingerprint"])
-        self._lock_fh = None
+        self._lock_fh: IO[str] | None = None
         self._check_existing()
 
     # ------------------------------------------------------------------ checks and state
@@ -433,4 +433,8 @@ def read_weights(path: str | Path, probe_id_: str) -> dict[str, np.ndarray]:
     import zarr
 
     group = zarr.open_group(str(path), mode="r")[probe_id_]
+    if not isinstance(group, zarr.Group):
+        raise StoreFormatError("probe weights are not a group", where=f"{path}/{probe_id_}",
+                               expected="a Zarr group of arrays (written by write_weights)",
+                               got="a single array", fix="re-run the analysis that wrote these weights")
     return {name: np.asarray(arr[...]) for name, arr in group.arrays()}

@@ -172,6 +172,7 @@ def block_moments(read: ChunkReader, n: int, n_features: int, step: int) -> Bloc
             S += D.T @ D
     mean = total / n
     if S is not None:
+        assert shift is not None, "n >= 2 rows give at least one chunk"
         d = mean - shift
         S -= n * np.outer(d, d)
         return BlockMoments(n, mean, float(np.linalg.norm(S)))
@@ -199,6 +200,7 @@ def cross_term(read_x: ChunkReader, mx: BlockMoments, read_y: ChunkReader, my: B
         return float(np.vdot(gram_x, gram_y))
     if gram_x is not None or gram_y is not None:
         K, read, m = (gram_x, read_y, my) if gram_x is not None else (gram_y, read_x, mx)
+        assert K is not None, "one of the two Grams is given in this branch"
         M = np.zeros((n, m.n_features))
         for start, stop, Z in _chunks(read, n, step):
             M += K[:, start:stop] @ (Z - m.mean)
@@ -304,7 +306,10 @@ def plan_pairs(store, *, runs=None, checkpoints=None, layers=None, pairs: str = 
     kinds = _pair_kinds(pairs)
     where = f"similarity of {store.path}"
     blocks: list[BlockRef] = []
-    seen_c, seen_l, hit_c, hit_l = set(), set(), set(), set()
+    seen_c: set[str] = set()
+    seen_l: set[str] = set()
+    hit_c: set[str] = set()
+    hit_l: set[str] = set()
     for run in _select(store.runs(), runs, "run", f"{where} (--runs)"):
         ckpts = store.checkpoints(run)
         seen_c.update(c.name for c in ckpts)

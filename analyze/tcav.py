@@ -502,7 +502,9 @@ def _run_tcav(store_path, opts: TCAVOptions, log) -> list[dict]:
         for run in runs:
             ckpts = ckpts_of[run]
             for ckpt_name in ckpts if opts.checkpoints is None else [c for c in ckpts if c in opts.checkpoints]:
-                epoch = store.checkpoint_info(run, ckpt_name).epoch
+                info = store.checkpoint_info(run, ckpt_name)
+                assert info is not None, "store.checkpoints lists registered checkpoints only"
+                epoch = info.epoch
                 base = {"run": run, "checkpoint": ckpt_name, "epoch": epoch}
                 layers = [b.name for b in store.layers(run, ckpt_name)]
                 layers = [m for m in (layers if opts.layers is None else

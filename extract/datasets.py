@@ -149,7 +149,7 @@ class DatasetSpec:
                               where=f"{where}.normalize",
                               got=f"normalize={self.normalize!r}, mean={self.mean}, std={self.std}",
                               fix="give both mean and std and no other normalize, or neither")
-        if self.mean is not None and len(self.mean) != len(self.std):
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ConfigError("mean and std differ in length", where=f"{where}.std",
                               expected=len(self.mean), got=len(self.std))
         if self.mean is not None and self.channels is not None and len(self.mean) != self.channels:
@@ -269,11 +269,19 @@ class ImageDataset:
         self._origin = origin or {}
         self._files = files
         self._images = images
+        self._hw: tuple[int, ...]
         if images is not None:
             images.flags.writeable = False
             self._hw = images.shape[1:3]
         else:
-            self._hw = spec.size_hw
+            hw = spec.size_hw
+            if hw is None:
+                # Only the array-backed kinds (digits, idx) may omit image_size, and
+                # they always come with ``images``; files have no common native size.
+                raise ConfigError("file-backed datasets need image_size", where="DatasetSpec.image_size",
+                                  expected="an int or [H, W]", got="None",
+                                  fix="add image_size (e.g. the size of the dataset these files go with)")
+            self._hw = hw
         self.channels: int = spec.channels  # type: ignore[assignment]
         self._cache: np.ndarray | None = None
         self._cached: np.ndarray | None = None
@@ -555,7 +563,7 @@ def _convert(img, channels: int):
     return img if img.mode == mode else img.convert(mode)
 
 
-def _decode_file(path: Path, hw: tuple[int, int], channels: int) -> np.ndarray:
+def _decode_file(path: Path, hw: tuple[int, ...], channels: int) -> np.ndarray:
     """Decode, scale to cover ``hw`` and center-crop one image file."""
     from PIL import Image, UnidentifiedImageError
 

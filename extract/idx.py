@@ -22,7 +22,7 @@ from storage_schema.errors import DataError
 __all__ = ["IdxPart", "read_idx", "read_idx_folder"]
 
 #: IDX type code -> big-endian numpy dtype.
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),

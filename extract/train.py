@@ -368,6 +368,7 @@ def train_model(
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to work
     dataset.preload()  # folder images decoded once here, shared by the DataLoader workers
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16" and device.type == "cuda")
+    opt: torch.optim.Optimizer
     if config.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                               weight_decay=config.weight_decay)

@@ -36,9 +36,9 @@ def render_tree(store: ActivationStore, *, show_incomplete: bool = True) -> str:
     targets = store.target_names()
     lines.append(f"targets ({len(targets)}):")
     for name in targets:
-        info = store.target_info(name)
-        fam = f" [{info.family}]" if info.family else ""
-        lines.append(f"  {name}: {info.kind}{fam}")
+        target = store.target_info(name)
+        fam = f" [{target.family}]" if target.family else ""
+        lines.append(f"  {name}: {target.kind}{fam}")
     runs = store.runs()
     lines.append(f"runs ({len(runs)}):")
     for run in runs:

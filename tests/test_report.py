@@ -397,3 +397,171 @@ def test_report_never_imports_torch_or_pyplot():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------- TCAV section
+TCAV_CLASSES = ("zero", "one")
+
+
+def tcav_score(run: str, epoch: int, d: int, k: int) -> float:
+    """Class "zero" grows sensitive to the concept with depth and training; "one" stays at random."""
+    if k == 1:
+        return 0.5
+    return 0.5 + 0.1 * d * progress(epoch) * (1.0 if run == "gen" else 0.3)
+
+
+def make_tcav_table(*, rcv=True, conexp=True) -> pd.DataFrame:
+    """A table shaped like `probestore tcav`'s, rows in a scrambled order."""
+    rows = []
+    for run in ("mem100", "gen"):  # not the report's run order
+        for e in reversed(EPOCHS):
+            base = {"run": run, "checkpoint": f"epoch{e:03d}", "epoch": e}
+            for d, layer in reversed(list(enumerate(LAYERS))):
+                if layer == "input":
+                    continue
+                for k, name in enumerate(TCAV_CLASSES):
+                    s = tcav_score(run, e, d, k)
+                    p = 1e-4 if s > 0.55 else 0.6
+                    rows.append({**base, "method": "tcav", "layer": layer, "concept": "striped", "class_index": k,
+                                 "class_name": name, "n_samples": 40, "repeats": 10, "score_mean": s,
+                                 "score_std": 0.05, "random_mean": 0.5, "random_std": 0.1, "t": 3.0,
+                                 "p_value": p, "effect_size": (s - 0.5) / 0.08, "alpha": 0.05,
+                                 "significant": p < 0.05})
+                    if rcv:
+                        rows.append({**base, "method": "rcv", "layer": layer, "concept": "area", "class_index": k,
+                                     "class_name": name, "n_samples": 40, "score_mean": 0.01 * d - k,
+                                     "sign_fraction": 0.9 - 0.8 * k, "rcv_r2_test": 0.7})
+            if conexp:
+                for k, name in enumerate(TCAV_CLASSES):
+                    rows.append({**base, "method": "conexp", "layer": None, "concept": "striped", "class_index": k,
+                                 "class_name": name, "n_samples": 200, "n_concept": 50,
+                                 "score_mean": 1.5 - k, "conexp_score": "logit"})
+    return pd.DataFrame(rows)
+
+
+def section(html: str, key: str) -> str:
+    start = html.index(f"<section id='{key}'>")
+    return html[start:html.index("</section>", start)]
+
+
+def table_cells(html_section: str) -> list[list[str]]:
+    body = html_section[html_section.index("<tbody>"):html_section.index("</tbody>")]
+    return [re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_tcav_section_tables_and_figure(tmp_path):
+    from analyze.report import sensitivity as S
+
+    results = write(make_table(), tmp_path / "r.parquet")
+    tcav = write(make_tcav_table(), tmp_path / "tcav.parquet")
+    index = build_report(results, None, tmp_path / "rep", tcav_path=tcav)
+    html = index.read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"<h2>{escape(S.SECTION)}</h2>" in html and f"## {S.SECTION}" in md
+    # Significance table: every TCAV row, in run / checkpoint / class / layer order, numbers as in the table.
+    cells = table_cells(section(html, "tcav_table"))
+    assert len(cells) == 2 * len(EPOCHS) * 4 * len(TCAV_CLASSES)
+    assert [c[0] for c in cells[:1] + cells[-1:]] == ["gen", "mem100"]
+    first = cells[0]
+    assert first[:5] == ["gen", "epoch000 (epoch 0)", "relu1", "striped", "zero"]
+    assert first[5] == "0.500" and first[10] == "no"
+    # gen, last checkpoint, class zero, relu4: score 0.5 + 0.4 * progress(5), significant.
+    row = next(c for c in cells if c[:5] == ["gen", "epoch005 (epoch 5)", "relu4", "striped", "zero"])
+    s = tcav_score("gen", 5, 4, 0)
+    assert row[5:] == [f"{s:.3f}", "0.050", "0.500 ± 0.100", "0.0001", f"{(s - 0.5) / 0.08:.2f}", "yes"]
+    n_sig = sum(c[10] == "yes" for c in cells)
+    assert n_sig == sum(tcav_score(r, e, d, 0) > 0.55 for r in ("gen", "mem100") for e in EPOCHS for d in range(1, 5))
+    assert f"{n_sig} of {len(cells)} tests significant at alpha = 0.05" in html
+    assert "| gen | epoch005 (epoch 5) | relu4 | striped | zero |" in md
+    # The per-layer figure: last checkpoint of each run, layers in model order, concept and random lines.
+    data = S.tcav_layers_data(make_view(read_results(results)), S.read_tcav(tcav))
+    assert set(data["checkpoint"]) == {"epoch005"}
+    gen = data[(data["run"] == "gen") & (data["class_name"] == "zero")]
+    assert list(gen["layer"]) == ["relu1", "relu2", "relu3", "relu4"]
+    assert gen["score_mean"].to_numpy() == pytest.approx([tcav_score("gen", 5, d, 0) for d in range(1, 5)])
+    fig = S.plot_tcav_layers(data, make_view(read_results(results)))
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["striped → zero", "striped → one"]
+    ys = {c.get_label(): c.lines[0].get_ydata() for c in fig.axes[0].containers}
+    assert np.asarray(ys["gen, epoch005 (epoch 5): concept"]) == pytest.approx(gen["score_mean"].to_numpy())
+    assert "figures/tcav_layers.png" in img_sources(html)
+    assert (tmp_path / "rep" / "figures" / "tcav_layers.png").read_bytes().startswith(PNG)
+    # RCV sensitivity and ConExp: last checkpoints only.
+    rcv = table_cells(section(html, "rcv_sensitivity"))
+    assert len(rcv) == 2 * 4 * 2 and {c[1] for c in rcv} == {"epoch005 (epoch 5)"}
+    assert ["gen", "epoch005 (epoch 5)", "relu3", "area", "one", f"{0.03 - 1:.3g}", "0.100", "0.700"] in rcv
+    conexp = table_cells(section(html, "conexp"))
+    assert conexp == [["gen", "epoch005 (epoch 5)", "striped", "zero", "1.5", "50", "200"],
+                      ["gen", "epoch005 (epoch 5)", "striped", "one", "0.5", "50", "200"],
+                      ["mem100", "epoch005 (epoch 5)", "striped", "zero", "1.5", "50", "200"],
+                      ["mem100", "epoch005 (epoch 5)", "striped", "one", "0.5", "50", "200"]]
+    assert "skipped:" not in html and "not drawn: no TCAV" not in html
+
+
+def test_tcav_section_notes_and_bad_tables(tmp_path):
+    from analyze.report import sensitivity as S
+
+    small = make_table()  # one checkpoint's classifier rows: few figures to draw, the TCAV section is the same
+    small = small[(small["checkpoint"] == "epoch005") & (small["probe"] == "classifier")]
+    results = write(small, tmp_path / "r.parquet")
+    html = build_report(results, None, tmp_path / "a").read_text()
+    assert "<p class='optional'>not drawn: no TCAV table" in html and html.count("not drawn: no TCAV") == 1
+    assert "tcav_layers.png" not in html
+    # A TCAV-only table: RCV sensitivity and ConExp are optional notes, not skipped figures.
+    only = write(make_tcav_table(rcv=False, conexp=False), tmp_path / "t.csv")
+    html = build_report(results, None, tmp_path / "b", tcav_path=only).read_text()
+    assert "<p class='optional'>not drawn: the TCAV table has no rcv rows" in html
+    assert "<p class='optional'>not drawn: the TCAV table has no conexp rows" in html
+    assert "figures/tcav_layers.png" in img_sources(html)
+    # No tcav rows at all: the TCAV entries are skipped (asked for, but absent).
+    conexp_only = make_tcav_table(rcv=False)
+    conexp_only = write(conexp_only[conexp_only["method"] == "conexp"], tmp_path / "c.parquet")
+    html = build_report(results, None, tmp_path / "c", tcav_path=conexp_only).read_text()
+    assert html.count("skipped: the TCAV table has no tcav rows") == 2 and len(table_cells(section(html, "conexp"))) == 4
+    # Long tables are capped with a pointer to the file.
+    big = make_tcav_table()
+    big = pd.concat([big.assign(concept=f"c{i}") for i in range(4)])
+    write(big, tmp_path / "big.parquet")
+    html = build_report(results, None, tmp_path / "d", tcav_path=tmp_path / "big.parquet").read_text()
+    assert len(table_cells(section(html, "tcav_table"))) == S.MAX_TABLE_ROWS
+    assert f"First {S.MAX_TABLE_ROWS} of {4 * 64} rows; all are in {tmp_path / 'big.parquet'}" in html
+    # Bad inputs: one-line errors naming the fix, nothing written.
+    with pytest.raises(NotFoundError, match="probestore tcav"):
+        build_report(results, None, tmp_path / "e", tcav_path=tmp_path / "nope.parquet")
+    with pytest.raises(DataError, match="lacks columns"):
+        build_report(results, None, tmp_path / "e", tcav_path=results)  # a results table, not a TCAV table
+    (tmp_path / "t.json").write_text("{}")
+    with pytest.raises(ConfigError, match="parquet"):
+        build_report(results, None, tmp_path / "e", tcav_path=tmp_path / "t.json")
+    assert not (tmp_path / "e").exists()
+
+
+def test_tcav_cli_on_a_real_tcav_run(tmp_path):
+    """`probestore tcav` on a tiny store with a planted concept, then `probestore report --tcav`."""
+    from storage_schema.cli import main
+    from tests.test_tcav import _planted_store
+
+    store, _ = _planted_store(tmp_path / "s.zarr")
+    store.close()
+    tcav = tmp_path / "tcav.parquet"
+    assert main(["tcav", str(tmp_path / "s.zarr"), "-o", str(tcav), "--repeats", "8", "--random-size", "20",
+                 "--seed", "1"]) == 0
+    df = make_table()
+    df = df[(df["run"] == "gen") & (df["checkpoint"] == "epoch005") & (df["layer"] == "relu1")]
+    df = df.assign(run="r", checkpoint="e1", epoch=1, layer="fc")
+    results = write(df, tmp_path / "r.parquet")
+    out = tmp_path / "rep"
+    assert main(["report", str(results), "--store", str(tmp_path / "s.zarr"), "-o", str(out), "--tcav", str(tcav)]) == 0
+    html = (out / "index.html").read_text()
+    cells = {c[4]: c for c in table_cells(section(html, "tcav_table"))}
+    assert set(cells) == {"zero", "one", "two"}
+    # Planted: class zero's logit grows along the concept, class one's shrinks; both significant.
+    assert float(cells["zero"][5]) > 0.95 and cells["zero"][10] == "yes"
+    assert float(cells["one"][5]) < 0.05 and cells["one"][10] == "yes"
+    assert cells["zero"][:4] == ["r", "e1 (epoch 1)", "fc", "striped"]
+    table = pd.read_parquet(tcav).query("method == 'tcav'").set_index("class_name")
+    for name, c in cells.items():
+        t = table.loc[name]
+        assert c[5:7] == [f"{t.score_mean:.3f}", f"{t.score_std:.3f}"] and c[8] == f"{t.p_value:.2g}"
+        assert c[10] == ("yes" if t.significant else "no")
+    assert len(table_cells(section(html, "rcv_sensitivity"))) == 3 and len(table_cells(section(html, "conexp"))) == 3
+    assert (out / "figures" / "tcav_layers.png").read_bytes().startswith(PNG)

@@ -6,6 +6,8 @@ whether each of the papers' headline findings holds, with the numbers behind it.
 
 Modules: :mod:`~analyze.report.table` (reading, model order, run roles),
 :mod:`~analyze.report.figures` (one data + one plot function per figure),
+:mod:`~analyze.report.extras` (CKA, MDL, embeddings),
+:mod:`~analyze.report.sensitivity` (TCAV, RCV sensitivity, ConExp),
 :mod:`~analyze.report.findings`, :mod:`~analyze.report.html`,
 :mod:`~analyze.report.markdown`, :mod:`~analyze.report.style` (colours).
 matplotlib is used without pyplot; nothing here imports torch.
@@ -23,9 +25,11 @@ from analyze.report.figures import FigureResult, make_figures
 from analyze.report.findings import Finding, compute_findings
 from analyze.report.html import render_html
 from analyze.report.markdown import render_markdown
+from analyze.report.sensitivity import make_sensitivity_figures, read_tcav
 from analyze.report.table import ResultsView, make_view, read_results
 
-__all__ = ["build_report", "Finding", "FigureResult", "ResultsView", "read_results", "make_view", "compute_findings"]
+__all__ = ["build_report", "Finding", "FigureResult", "ResultsView", "read_results", "make_view", "compute_findings",
+           "read_tcav"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -61,6 +65,7 @@ def build_report(
     embedding_method: str = "pca",
     embedding_layer: str | None = None,
     embedding_checkpoints: str | Sequence[str] | None = None,
+    tcav_path: str | Path | None = None,
 ) -> Path:
     """Write ``index.html``, ``report.md`` and ``figures/*.png`` for a results table.
 
@@ -91,6 +96,11 @@ def build_report(
         Layer to embed. Default: the last hidden layer.
     embedding_checkpoints
         Checkpoints to embed (list or comma-separated). Default: each run's first and last.
+    tcav_path
+        A table written by ``probestore tcav``: adds the concept-sensitivity section (TCAV
+        scores with their t-test per concept, class, layer and checkpoint; TCAV per layer
+        at the last checkpoints; RCV sensitivity and ConExp when the table has them).
+        Without it the section is one "not drawn" note.
 
     Returns
     -------
@@ -127,6 +137,7 @@ def build_report(
         from analyze.similarity import read_table as read_cka
 
         cka = read_cka(similarity_path)
+    tcav = read_tcav(tcav_path) if tcav_path is not None else None
 
     out = Path(out_dir) if out_dir is not None else results_path.with_name(f"{results_path.stem}_report")
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +145,8 @@ def build_report(
     figures += make_extra_figures(view, out / "figures", cka=cka, store_path=store_path,
                                   embedding_method=embedding_method, embedding_layer=embedding_layer,
                                   embedding_checkpoints=_names(embedding_checkpoints))
+    figures += make_sensitivity_figures(view, out / "figures", tcav=tcav,
+                                        source=str(tcav_path) if tcav_path is not None else "the TCAV table")
     findings = compute_findings(view, concept=concepts[0] if concepts else None)
     source = str(results_path)
     _atomic_write_text(out / "report.md", render_markdown(view, findings, figures, source=source))

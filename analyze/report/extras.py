@@ -87,7 +87,7 @@ def _ckpt_order(view: ResultsView, run: str, table: pd.DataFrame) -> list[str]:
     known = [c for c in view.checkpoints.get(run, []) if c in present]
     if len(known) == len(present):
         return known
-    epochs = {}
+    epochs: dict[str, int] = {}
     for side in ("a", "b"):
         sub = table[table[f"run_{side}"] == run]
         epochs.update(zip(sub[f"checkpoint_{side}"], sub[f"epoch_{side}"]))

@@ -56,6 +56,10 @@ class FigureResult:
     #: False when an optional input was not given (no CKA table, no store): the note
     #: then says how to get the figure, and is not counted as a skipped figure.
     requested: bool = True
+    #: A table of text cells ``(header, rows)`` shown as is (the TCAV tables).
+    text_table: tuple[list[str], list[list[str]]] | None = None
+    #: Heading the entry is listed under (a new ``<h2>`` where it changes).
+    section: str = "Figures"
 
 
 def _layer_axis(ax, layers: list[str]) -> None:

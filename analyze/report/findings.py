@@ -130,7 +130,7 @@ def random_features_finding(view: ResultsView) -> Finding:
         return Finding("random_features", RANDOM, None, {"random network": f"{run}/{ckpt}"},
                        detail="no classifier probe of the input layer or of a hidden layer of the random network")  # fmt: skip
     input_error = float(src["test_error"].iloc[0])
-    best = min(hidden, key=hidden.get)
+    best = min(hidden, key=lambda layer: hidden[layer])
     numbers = {
         "random network": f"{run}/{ckpt}",
         "input test error": _r(input_error),

@@ -80,6 +80,9 @@ def _figure(fig: FigureResult) -> str:
         header = ["network"] + [escape(str(c)) for c in fig.table.columns]
         rows = [[escape(role)] + [f"<b>{escape(t)}</b>" if best else escape(t) for t, best in row] for role, row in cells]
         parts.append(_table(header, rows))
+    if fig.text_table is not None:
+        header, rows = fig.text_table
+        parts.append(_table([escape(h) for h in header], [[escape(str(c)) for c in row] for row in rows]))
     if fig.file:
         parts.append(f"<img src='{escape(fig.file)}' alt='{escape(fig.title)}'>")
     parts.append(f"<p class='caption'>{escape(fig.caption)}</p></section>")
@@ -107,9 +110,13 @@ def render_html(view: ResultsView, findings: list[Finding], figures: list[Figure
         "<h2>Headline findings, checked on this run</h2>",
         "<p class='caption'>Observations from this table, not assertions: a small run may disagree with a paper.</p>",
         _findings(findings),
-        "<h2>Figures</h2>",
-        *(_figure(f) for f in figures),
     ]
+    section = None
+    for f in figures:
+        if f.section != section:
+            section = f.section
+            body.append(f"<h2>{escape(section)}</h2>")
+        body.append(_figure(f))
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"

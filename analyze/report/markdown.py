@@ -53,8 +53,11 @@ def render_markdown(view: ResultsView, findings: list[Finding], figures: list[Fi
             out.append(f"  - rule / reason: {f.detail}")
     out.append("")
 
-    out += ["## Figures", ""]
+    section = None
     for fig in figures:
+        if fig.section != section:
+            section = fig.section
+            out += [f"## {section}", ""]
         out += [f"### {fig.title}", ""]
         if fig.note:
             out += [f"*{fig.note}*", ""]
@@ -62,6 +65,8 @@ def render_markdown(view: ResultsView, findings: list[Finding], figures: list[Fi
             cells = mspe_cells(fig.table)
             header = ["network"] + [str(c) for c in fig.table.columns]
             out += _table(header, [[role] + [f"**{t}**" if best else t for t, best in row] for role, row in cells])
+        if fig.text_table is not None:
+            out += _table(*fig.text_table)
         if fig.file:
             out += [f"![{fig.title}]({fig.file})", ""]
         out += [fig.caption, ""]

@@ -421,7 +421,7 @@ def fit_logistic_block(
                           got=f"tol={tol}, max_iter={max_iter}")
     if not label_sets:
         raise ConfigError("no label sets given", where="label_sets", expected="at least one")
-    Cs = _check_Cs(Cs)
+    C_grid = _check_Cs(Cs)
     K = int(n_classes)
     dtype = np.dtype(dtype)
     X_train = _check_X(X_train, "train", None)
@@ -447,10 +447,14 @@ def fit_logistic_block(
     Xs = [None if X is None else std.transform(X) for X in Xraw]
     basis = None
     if F > n:  # row space of the standardized train features (exact for an L2 penalty)
-        basis, _ = np.linalg.qr(Xs[0].T)
+        X0 = Xs[0]
+        assert X0 is not None, "X_train was validated above"
+        basis, _ = np.linalg.qr(X0.T)
         Xs = [None if X is None else X @ basis for X in Xs]
     Xw = [None if X is None else np.ascontiguousarray(X, dtype=dtype) for X in Xs]
-    Fw = Xw[0].shape[1]
+    Xw0 = Xw[0]
+    assert Xw0 is not None, "X_train was validated above"
+    Fw = Xw0.shape[1]
 
     names = list(labels)
     P = len(names)
@@ -463,14 +467,14 @@ def fit_logistic_block(
     f_noise = 100 * float(np.finfo(dtype).eps)
     D = (Fw + 1) * K
 
-    A = Cs.size
+    A = C_grid.size
     path = {nm: {f"{m}_{s}": np.full(A, np.nan) for m in _METRICS for s in _SPLITS} for nm in names}
     for nm in names:
         path[nm].update(n_iter=np.zeros(A, dtype=np.int64), grad_max=np.full(A, np.nan),
                         status=np.empty(A, dtype=object))
     thetas = np.zeros((A, P, Fw + 1, K))
     prev = np.zeros((P, Fw + 1, K))
-    for a, C in enumerate(Cs):
+    for a, C in enumerate(C_grid):
         inv_cn = np.full(P, 1.0 / (C * n))
 
         def fun(th, index, inv_cn=inv_cn):
@@ -525,13 +529,13 @@ def fit_logistic_block(
         i = int(np.argmin(ce_valid))  # first minimum: the smaller C wins ties
         chosen = {k: path[nm][k][i] for k in path[nm] if k not in ("n_iter", "grad_max", "status")}
         results[nm] = LogisticResult(
-            Cs=Cs, C=float(Cs[i]), C_index=i, coef=coef[i], intercept=intercept[i],
+            Cs=C_grid, C=float(C_grid[i]), C_index=i, coef=coef[i], intercept=intercept[i],
             status=str(path[nm]["status"][i]), message="", n_iter=int(path[nm]["n_iter"][i]),
             path=path[nm], path_coef=coef, path_intercept=intercept, n_classes=K, method=method,
             **{k: float(v) for k, v in chosen.items()},
         )
     for nm, why in failures.items():
-        results[nm] = _failed(Cs, K, F, why, method)
+        results[nm] = _failed(C_grid, K, F, why, method)
     return {nm: results[nm] for nm in label_sets}
 
 

@@ -158,7 +158,9 @@ def _check_split(X, Y, name: str, n_features: int | None, n_targets: int | None)
 
 def _screen_targets(stats: dict[str, SplitStats | None]) -> tuple[np.ndarray, list[str]]:
     """Which targets can be fitted, and why the others cannot."""
-    T = stats["train"].n_targets
+    train = stats["train"]
+    assert train is not None, "callers always pass train statistics"
+    T = train.n_targets
     ok = np.ones(T, dtype=bool)
     msg = [""] * T
     for name in _SPLITS:
@@ -171,6 +173,7 @@ def _screen_targets(stats: dict[str, SplitStats | None]) -> tuple[np.ndarray, li
                 msg[t] = f"target has {int(s.y_nonfinite[t])} NaN/Inf values in the {name} split"
     for name in ("train", "valid"):
         s = stats[name]
+        assert s is not None, "callers always pass train and valid statistics"
         var = s.cyy / s.n
         const = is_constant_feature(var, s.mean_y, s.n)
         for t in np.nonzero(const & ok)[0]:
@@ -335,7 +338,7 @@ def fit_ridge_path(
     -------
     RidgeResult
     """
-    alphas = _check_alphas(alphas)
+    grid = _check_alphas(alphas)
     stats = {"train": train, "valid": valid, "test": test}
     for name, s in stats.items():
         if s is not None and s.n == 0:
@@ -357,7 +360,7 @@ def fit_ridge_path(
     def rss(split, coef_eig):
         return _rss_stats(sub[split], std, fac, coef_eig)
 
-    return _solve(alphas, fac, std, ok, msg, n, rss, sub, "gram-streaming", train.n_features)
+    return _solve(grid, fac, std, ok, msg, n, rss, sub, "gram-streaming", train.n_features)
 
 
 def _subset_targets(s: SplitStats | None, ok: np.ndarray) -> SplitStats | None:
@@ -430,9 +433,11 @@ def fit_rcv_block(
                               expected="an integer >= 1 or None", got=chunk_rows)
         st = {name: (None if X is None else stats_from_arrays(X, Y, chunk_rows=chunk_rows, where=name))
               for name, X, Y in zip(_SPLITS, (X_train, X_valid, X_test), (Y_train, Y_valid, Y_test))}
-        return fit_ridge_path(st["train"], st["valid"], alphas, st["test"])
+        st_train, st_valid = st["train"], st["valid"]
+        assert st_train is not None and st_valid is not None, "_check_split requires train and valid"
+        return fit_ridge_path(st_train, st_valid, alphas, st["test"])
 
-    alphas = _check_alphas(alphas)
+    grid = _check_alphas(alphas)
     Xs_raw = {"train": X_train, "valid": X_valid, "test": X_test}
     Ys_raw = {"train": Y_train, "valid": Y_valid, "test": Y_test}
     # Moments of the targets only (cheap) decide which targets are usable.
@@ -457,15 +462,17 @@ def fit_rcv_block(
     Xs = {k: (None if v is None else std.transform(v)) for k, v in Xs_raw.items()}
     Ys = {k: (None if v is None else np.asarray(v, dtype=np.float64).reshape(v.shape[0], -1)[:, ok])
           for k, v in Ys_raw.items()}
-    ybar = Ys["train"].mean(axis=0)
-    Yc = Ys["train"] - ybar
+    X_tr, Y_tr = Xs["train"], Ys["train"]
+    assert X_tr is not None and Y_tr is not None, "_check_split requires the train split"
+    ybar = Y_tr.mean(axis=0)
+    Yc = Y_tr - ybar
     yy = np.einsum("ij,ij->j", Yc, Yc)
-    n_train = Xs["train"].shape[0]
+    n_train = X_tr.shape[0]
     if n_train > F:
-        fac = _factor_gram(Xs["train"].T @ Xs["train"], Xs["train"].T @ Yc, yy, ybar)
+        fac = _factor_gram(X_tr.T @ X_tr, X_tr.T @ Yc, yy, ybar)
         method = "gram"
     else:
-        fac = _factor_kernel(Xs["train"], Yc, yy, ybar)
+        fac = _factor_kernel(X_tr, Yc, yy, ybar)
         method = "kernel"
     sub = {k: (None if s is None else _subset_targets(s, ok)) for k, s in st.items()}
     n = {k: (0 if v is None else v.shape[0]) for k, v in Xs.items()}
@@ -473,4 +480,4 @@ def fit_rcv_block(
     def rss(split, coef_eig):
         return _rss_arrays(Xs[split], Ys[split], fac, coef_eig)
 
-    return _solve(alphas, fac, std, ok, msg, n, rss, sub, method, F)
+    return _solve(grid, fac, std, ok, msg, n, rss, sub, method, F)

@@ -235,7 +235,7 @@ def binary_concept_from_folder(
             fix="copy the example images from the dataset without renaming them",
         )
     first: dict[str, int] = {}
-    for i in np.flatnonzero(positive):
+    for i in np.flatnonzero(positive).tolist():
         b = basenames[i]
         if b in first:
             raise DataError(

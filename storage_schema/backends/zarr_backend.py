@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -50,7 +50,7 @@ class ZarrBackend(Backend):
 
     def __init__(self, path: str | Path, *, read_only: bool) -> None:
         super().__init__(path, read_only=read_only)
-        mode = "r" if read_only else "r+"
+        mode: Literal["r", "r+"] = "r" if read_only else "r+"
         try:
             self._root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
@@ -150,10 +150,10 @@ class ZarrBackend(Backend):
         arr = self._array(node)
         try:
             if rows is None:
-                return arr[...]
+                return np.asarray(arr[...])
             if isinstance(rows, slice):
-                return arr[rows]
-            return arr.get_orthogonal_selection((np.asarray(rows),))
+                return np.asarray(arr[rows])
+            return np.asarray(arr.get_orthogonal_selection((np.asarray(rows),)))
         except Exception as exc:
             raise StoreFormatError(
                 "corrupted chunk data", where=f"{self.path}/{node}", got=f"{type(exc).__name__}: {exc}",
