@@ -29,16 +29,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analyze.report import style
-from analyze.report.figures import LAYER_STYLES, FigureResult, SkipFigure, _epoch_label, _layer_axis
+from analyze.report.figures import (
+    LAYER_STYLES,
+    FigureResult,
+    NotRequested,
+    SkipFigure,
+    _epoch_label,
+    _layer_axis,
+    draw_figures,
+)
 from analyze.report.table import ResultsView, natural_key
-
-
-class NotRequested(SkipFigure):
-    """The optional input of a figure was not given (no CKA table, no mdl rows, no store).
-
-    Reported as "not drawn: ..." rather than "skipped: ...": nothing is missing from
-    what was asked for, the reader is only told how to get the figure.
-    """
 
 
 def _ordered_layers(view: ResultsView, names) -> list[str]:
@@ -370,17 +370,4 @@ def make_extra_figures(view: ResultsView, figures_dir: str | Path, *, cka: pd.Da
          lambda: embeddings_data(view, store_path, method=embedding_method, layer=embedding_layer,
                                  checkpoints=embedding_checkpoints), plot_embeddings),
     ]  # fmt: skip
-    results = []
-    for key, title, caption, get_data, plot in specs:
-        result = FigureResult(key=key, title=title, caption=caption)
-        try:
-            data = get_data()
-        except SkipFigure as skip:
-            result.requested = not isinstance(skip, NotRequested)
-            result.note = f"{'skipped' if result.requested else 'not drawn'}: {skip}"
-            results.append(result)
-            continue
-        style.save(plot(data, view), figures_dir / f"{key}.png")
-        result.file = f"{figures_dir.name}/{key}.png"
-        results.append(result)
-    return results
+    return draw_figures(specs, view, figures_dir)

@@ -25,8 +25,9 @@ Figures follow the papers they reproduce:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,37 @@ class SkipFigure(Exception):
     """The table lacks what a figure needs; the message becomes the report's note."""
 
 
+class NotRequested(SkipFigure):
+    """The optional input of a figure was not given (no CKA table, no mdl rows, no store).
+
+    Reported as "not drawn: ..." rather than "skipped: ...": nothing is missing from
+    what was asked for, the reader is only told how to get the figure.
+    """
+
+
+def draw_figures(specs, view, figures_dir: Path) -> list[FigureResult]:
+    """Draw ``(key, title, caption, get_data, plot)`` specs; a figure without data becomes a note.
+
+    The one loop every report section uses, so that skipping, file naming and the
+    "skipped" / "not drawn" wording are the same everywhere.
+    """
+    results = []
+    for key, title, caption, get_data, plot in specs:
+        result = FigureResult(key=key, title=title, caption=caption)
+        try:
+            data = get_data()
+        except SkipFigure as skip:
+            result.requested = not isinstance(skip, NotRequested)
+            result.note = f"{'skipped' if result.requested else 'not drawn'}: {skip}"
+            results.append(result)
+            continue
+        style.save(plot(data, view), figures_dir / f"{key}.png")
+        result.file = f"{figures_dir.name}/{key}.png"
+        result.data = data
+        results.append(result)
+    return results
+
+
 @dataclass
 class FigureResult:
     """One figure of the report: drawn (``file`` set) or skipped (``note`` set)."""
@@ -56,6 +88,8 @@ class FigureResult:
     #: False when an optional input was not given (no CKA table, no store): the note
     #: then says how to get the figure, and is not counted as a skipped figure.
     requested: bool = True
+    #: The data the figure was drawn from (for captions and tables built after drawing).
+    data: Any = field(default=None, repr=False, compare=False)
     #: A table of text cells ``(header, rows)`` shown as is (the TCAV tables).
     text_table: tuple[list[str], list[list[str]]] | None = None
     #: Heading the entry is listed under (a new ``<h2>`` where it changes).
@@ -507,24 +541,14 @@ def make_figures(
          "Right: how much the control probe memorizes (train) vs generalizes (test, chance).",
          lambda: selectivity_data(view), plot_selectivity),
     ]  # fmt: skip
-    results = []
-    for key, title, caption, get_data, plot in specs:
-        result = FigureResult(key=key, title=title, caption=caption)
-        try:
-            data = get_data()
-        except SkipFigure as skip:
-            result.note = f"skipped: {skip}"
-            results.append(result)
-            continue
-        fig = plot(data, view)
-        style.save(fig, figures_dir / f"{key}.png")
-        result.file = f"{figures_dir.name}/{key}.png"
-        if key == "mspe_table":
+    results = draw_figures(specs, view, figures_dir)
+    for result in results:
+        if result.key == "mspe_table" and result.file:
+            data = result.data
             result.table = data
             result.caption += f" Layer: {data.attrs['layer']}; sources: " + ", ".join(
                 f"{k} = {v}" for k, v in data.attrs["sources"].items()
             )
-        results.append(result)
     return results
 
 

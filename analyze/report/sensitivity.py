@@ -22,8 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analyze.report import style
-from analyze.report.extras import NotRequested
-from analyze.report.figures import FigureResult, SkipFigure, _layer_axis
+from analyze.report.figures import FigureResult, NotRequested, SkipFigure, _layer_axis
 from analyze.report.table import ResultsView, natural_key
 from storage_schema.errors import ConfigError, DataError, NotFoundError
 
