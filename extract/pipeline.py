@@ -18,7 +18,6 @@ allows concurrently.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from extract.config import ExperimentConfig, RunSpec
 from storage_schema.errors import CheckpointError, ConfigError, ProbestoreError, did_you_mean
+from storage_schema.locking import file_lock
 from storage_schema.names import validate_name
 from storage_schema.store import config_hash
 
@@ -192,12 +192,8 @@ def setup_lock(store_path: Path):
     """Exclusive inter-process lock for creating / setting up one store."""
     lock = store_path.with_name(store_path.name + LOCK_SUFFIX)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with file_lock(lock, exclusive=True):
+        yield
 
 
 def _json_safe(obj: Any) -> Any:

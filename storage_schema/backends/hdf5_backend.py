@@ -11,9 +11,7 @@ values are stored as JSON strings because HDF5 attributes cannot hold nested map
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import numpy as np
 
 from storage_schema.backends.base import Backend
 from storage_schema.errors import NotFoundError, StoreFormatError
+from storage_schema.locking import file_lock
 
 
 class HDF5Backend(Backend):
@@ -227,21 +226,5 @@ class _LazyDataset:
                 return handle[self.node][key]
 
 
-@contextlib.contextmanager
-def _locked(path: Path, *, exclusive: bool) -> Iterator[None]:
-    lock_path = path.with_name(path.name + ".lock")
-    flags = os.O_RDWR | os.O_CREAT
-    try:
-        fd = os.open(lock_path, flags, 0o644)
-    except OSError:
-        # Read-only directory: readers can still proceed without a lock file.
-        if exclusive:
-            raise
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+def _locked(path: Path, *, exclusive: bool):
+    return file_lock(path.with_name(path.name + ".lock"), exclusive=exclusive)
