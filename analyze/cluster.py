@@ -83,7 +83,8 @@ def size_local_cluster(cores: int, n_workers: int | None = None,
             where="n_workers × threads_per_worker",
             expected=f"at most {cores} (cores available to this process)",
             got=f"{n_workers} × {threads_per_worker} = {n_workers * threads_per_worker}",
-            fix="lower --workers or --threads-per-worker (or leave them out to size automatically)",
+            fix="lower --workers or the threads per worker (--threads-per-worker; --threads for "
+                "`probestore tcav`), or leave them out to size automatically",
         )
     return n_workers, threads_per_worker
 

@@ -27,10 +27,23 @@ of its own examples. The shared probe solver (:mod:`analyze.solvers.logistic`) f
 label sets on *one* sample set; CAVs need a different, small sample subset per problem,
 which is what makes the row-span Newton form cheap here.
 
+Execution: one task per (run, checkpoint, layer) with stored gradients
+(:func:`tcav_block_task`: read the gradients and the examples, fit that layer's CAVs
+and RCVs, score), run by the executors of :mod:`analyze.cluster` like ``probestore
+analyze`` and ``probestore similarity``: in this process, on an embedded local Dask
+cluster (127.0.0.1) or on an existing scheduler. A task opens the store from its path,
+so workers need only see the store. ConExp stays in the calling process: it reads one
+logits array per checkpoint and fits nothing, less work than shipping a task.
+
 Determinism: random sets are drawn from ``numpy.random.default_rng([seed, r])`` (or
-are the stored ``random`` concept sets), CAVs are fitted in-process by a fixed sequence
-of batched numpy operations, and tasks are visited in a fixed order, so the same store,
-options and seed give bit-identical tables (no Dask: nothing depends on a worker count).
+are the stored ``random`` concept sets), so they depend on the seed only, the same for
+every layer (scores of two layers are compared against the same counterexamples);
+a task fits its CAVs by a fixed sequence of batched numpy operations under a fixed
+BLAS thread count (``threads``, set inside the task with threadpoolctl); finished
+tasks are put back into one fixed order (run, checkpoint, layer) before the
+Bonferroni correction and significance are computed over the whole table. The same
+store, options and seed therefore give bit-identical tables in-process and on any
+number of workers, whatever order the tasks finish in.
 """
 
 from __future__ import annotations
@@ -47,7 +60,8 @@ import numpy as np
 from storage_schema.errors import ConfigError, DataError, did_you_mean
 
 __all__ = ["TCAVOptions", "CAVFit", "fit_cavs", "tcav_scores", "tcav_test", "conexp",
-           "rcv_sensitivity", "draw_random_sets", "run_tcav", "write_table"]
+           "rcv_sensitivity", "draw_random_sets", "TCAVBlock", "TCAVPlan", "tcav_block_task", "run_tcav",
+           "write_table"]
 
 GRAD_ARRAY = "grad_own_logit"  # same name as extract.gradients.GRAD_ARRAY (no torch import here)
 SCORES = ("logit", "prob")
@@ -446,13 +460,102 @@ def _has_grad(store, run, ckpt, layer) -> bool:
     return extra_complete(store, run, ckpt, layer, GRAD_ARRAY)
 
 
-def run_tcav(store_path: str | Path, opts: TCAVOptions, *, log=None) -> list[dict]:
+@dataclass(frozen=True)
+class TCAVBlock:
+    """One Dask task: the CAVs, TCAV scores and RCV sensitivities of one stored layer.
+
+    Attributes
+    ----------
+    run, checkpoint, layer : str
+    epoch : int or None
+        Copied into the rows.
+    """
+
+    run: str
+    checkpoint: str
+    epoch: int | None
+    layer: str
+
+    @property
+    def name(self) -> str:
+        """Readable part of the task's Dask key."""
+        return f"tcav-{self.run}-{self.checkpoint}-{self.layer}"
+
+
+@dataclass(frozen=True)
+class TCAVPlan:
+    """What every block task shares (sent with each task; a few small arrays).
+
+    Attributes
+    ----------
+    opts : TCAVOptions
+    class_names : tuple of str
+        Every class of the dataset (rows name classes by index).
+    class_rows : dict
+        Selected class index -> its evaluated rows (``opts.split``), in class order.
+    concepts : tuple of _Concept
+    pool : ndarray
+        Train rows that random sets are drawn from (concept examples excluded).
+    stored_random : dict
+        Stored ``random`` sets -> rows (None for an external set), sorted by name.
+    rcv_targets : tuple of str
+    """
+
+    opts: TCAVOptions
+    class_names: tuple[str, ...]
+    class_rows: dict[int, np.ndarray]
+    concepts: tuple[_Concept, ...]
+    pool: np.ndarray
+    stored_random: dict[str, np.ndarray | None]
+    rcv_targets: tuple[str, ...]
+
+
+def tcav_block_task(store_path: str, block: TCAVBlock, plan: TCAVPlan) -> list[dict]:
+    """TCAV and RCV rows of one (run, checkpoint, layer); runs in-process or on a Dask worker.
+
+    Opens the store itself (workers share nothing but the path) and caps BLAS at
+    ``plan.opts.threads`` threads, so its floats do not depend on the worker's
+    environment. Everything random in it is seeded by ``plan.opts.seed`` alone.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from storage_schema.store import open_store
+
+    run, ckpt, layer = block.run, block.checkpoint, block.layer
+    base = {"run": run, "checkpoint": ckpt, "epoch": block.epoch}
+    with threadpool_limits(limits=plan.opts.threads, user_api="blas"), open_store(store_path, "r") as store:
+        grads = store.read_extra(run, ckpt, layer, GRAD_ARRAY)
+        g_cls = {k: grads[rows] for k, rows in plan.class_rows.items()}
+        rows: list[dict] = []
+        if plan.concepts:
+            rows += _tcav_block(store, run, ckpt, layer, list(plan.concepts), g_cls, list(plan.class_names),
+                                plan.pool, plan.stored_random, plan.opts, base)
+        if plan.rcv_targets:
+            rows += _rcv_block(store, run, ckpt, layer, list(plan.rcv_targets), g_cls, list(plan.class_names),
+                               base)
+    return rows
+
+
+def run_tcav(store_path: str | Path, opts: TCAVOptions, *, config=None, client=None, log=None) -> list[dict]:
     """Every TCAV / RCV / ConExp row of a store, in a fixed order.
+
+    One task per (run, checkpoint, layer) with stored gradients
+    (:func:`tcav_block_task`), run like ``probestore analyze`` runs its blocks: in this
+    process, on an embedded local Dask cluster or on an existing one. ConExp stays in
+    this process: it reads one logits array per checkpoint and fits nothing.
 
     Parameters
     ----------
     store_path : str or Path
+        The store (every Dask worker must see it at this path).
     opts : TCAVOptions
+    config : AnalysisConfig, optional
+        Where the tasks run (``scheduler``, ``n_workers``, ``host``, ...). None: in this
+        process. A local cluster gets ``opts.threads`` BLAS threads per worker unless
+        ``threads_per_worker`` says otherwise; each task caps its BLAS at
+        ``opts.threads`` either way, so the table is the same in every mode.
+    client : distributed.Client, optional
+        Run on this client's cluster (the caller owns it); overrides the scheduler.
     log : callable, optional
         Progress lines.
 
@@ -464,20 +567,55 @@ def run_tcav(store_path: str | Path, opts: TCAVOptions, *, log=None) -> list[dic
     Raises
     ------
     ConfigError
-        Unknown names, no layer with stored gradients (for TCAV / RCV).
+        Unknown names, no layer with stored gradients (for TCAV / RCV), workers that
+        cannot see the store.
     """
     from threadpoolctl import threadpool_limits
 
+    from analyze.cluster import check_store_visible, open_executor
+    from analyze.config import AnalysisConfig
+
+    log = log or (lambda _msg: None)
+    config = config if config is not None else AnalysisConfig(scheduler="none")
+    if config.threads_per_worker is None:
+        config = config.replace(threads_per_worker=opts.threads)
+    store_path = str(Path(store_path).resolve())
     with threadpool_limits(limits=opts.threads, user_api="blas"):
-        return _run_tcav(store_path, opts, log or (lambda _msg: None))
+        plan, layout, conexp_rows = _plan(store_path, opts)
+    blocks = [b for _key, bs in layout for b in bs]
+    done: dict[TCAVBlock, list[dict]] = {}
+    if blocks:
+        with open_executor(config, len(blocks), client=client, log=log) as (executor, _):
+            check_store_visible(executor, store_path)
+            for task in executor.map_unordered(tcav_block_task, store_path, blocks, plan):
+                if task.error is not None:
+                    raise task.error
+                done[task.item] = task.value
+                log(f"{task.item.run}/{task.item.checkpoint}/{task.item.layer} ({len(done)}/{len(blocks)})")
+    # The fixed order of the table: run, checkpoint, then its layers' rows, then its ConExp.
+    rows: list[dict] = []
+    for key, bs in layout:
+        for b in bs:
+            rows += done[b]
+        rows += conexp_rows.get(key, [])
+    tests = [r for r in rows if r["method"] == "tcav"]
+    alpha = opts.alpha / max(1, len(tests)) if opts.bonferroni else opts.alpha
+    for r in tests:
+        r["alpha"] = alpha
+        r["significant"] = bool(r["p_value"] < alpha)
+    return rows
 
 
-def _run_tcav(store_path, opts: TCAVOptions, log) -> list[dict]:
+def _plan(store_path: str, opts: TCAVOptions):
+    """Check every name, list the blocks, compute ConExp: everything but the CAVs.
+
+    Returns ``(plan, layout, conexp_rows)``: ``layout`` lists ``((run, checkpoint),
+    [TCAVBlock...])`` in table order; ``conexp_rows`` maps ``(run, checkpoint)`` to its rows.
+    """
     from storage_schema.concept_sets import concept_set_rows, concept_sets
     from storage_schema.store import open_store
 
-    store = open_store(store_path, "r")
-    try:
+    with open_store(store_path, "r") as store:
         class_names = list(store.dataset.class_names)
         labels = store.labels()
         eval_rows = store.split_indices(opts.split)
@@ -489,54 +627,44 @@ def _run_tcav(store_path, opts: TCAVOptions, log) -> list[dict]:
         excluded = np.unique(np.concatenate([c.rows for c in concepts if c.rows is not None] or [np.zeros(0, int)]))
         pool = np.setdiff1d(train_rows, excluded)
         stored_random = {s: concept_set_rows(store, s) for s in concept_sets(store, role="random")}
-        rows: list[dict] = []
         binary = [t for t in store.target_names() if store.target_info(t).kind == "binary"]
         continuous = [t for t in store.target_names() if store.target_info(t).kind == "continuous"]
         rcv_targets = _select(continuous, opts.rcv_targets, "continuous target", "tcav --rcv-targets") \
             if opts.rcv else []
-        any_grad = False
         ckpts_of = {run: [c.name for c in store.checkpoints(run)] for run in runs}
         if opts.checkpoints is not None:
             _select(sorted({c for cs in ckpts_of.values() for c in cs}), opts.checkpoints, "checkpoint",
                     "tcav --checkpoints")
+        layout: list[tuple[tuple[str, str], list[TCAVBlock]]] = []
+        conexp_rows: dict[tuple[str, str], list[dict]] = {}
+        any_grad = False
         for run in runs:
             ckpts = ckpts_of[run]
             for ckpt_name in ckpts if opts.checkpoints is None else [c for c in ckpts if c in opts.checkpoints]:
                 info = store.checkpoint_info(run, ckpt_name)
                 assert info is not None, "store.checkpoints lists registered checkpoints only"
-                epoch = info.epoch
-                base = {"run": run, "checkpoint": ckpt_name, "epoch": epoch}
                 layers = [b.name for b in store.layers(run, ckpt_name)]
                 layers = [m for m in (layers if opts.layers is None else
                                       _select(layers, opts.layers, "layer", "tcav --layers"))
                           if _has_grad(store, run, ckpt_name, m)]
                 any_grad |= bool(layers)
-                for layer in layers:
-                    log(f"{run}/{ckpt_name}/{layer}")
-                    grads = store.read_extra(run, ckpt_name, layer, GRAD_ARRAY)
-                    g_cls = {k: grads[eval_rows[labels[eval_rows] == k]] for k in class_ids}
-                    if concepts:
-                        rows += _tcav_block(store, run, ckpt_name, layer, concepts, g_cls, class_names,
-                                            pool, stored_random, opts, base)
-                    if rcv_targets:
-                        rows += _rcv_block(store, run, ckpt_name, layer, rcv_targets, g_cls,
-                                           class_names, base)
+                work = concepts or rcv_targets
+                layout.append(((run, ckpt_name),
+                               [TCAVBlock(run, ckpt_name, info.epoch, m) for m in layers] if work else []))
                 if opts.conexp and binary:
-                    rows += _conexp_rows(store, run, ckpt_name, binary, eval_rows, class_ids,
-                                         class_names, opts, base)
+                    base = {"run": run, "checkpoint": ckpt_name, "epoch": info.epoch}
+                    conexp_rows[(run, ckpt_name)] = _conexp_rows(store, run, ckpt_name, binary, eval_rows,
+                                                                 class_ids, class_names, opts, base)
         if (concepts or rcv_targets) and not any_grad:
             raise ConfigError("no layer of the selected checkpoints has stored gradients",
                               where=str(store_path), expected=f"complete '{GRAD_ARRAY}' arrays",
                               fix="extract with [extract] gradients = true (TCAV and RCV sensitivity "
                                   "need the reduced gradients)")
-    finally:
-        store.close()
-    tests = [r for r in rows if r["method"] == "tcav"]
-    alpha = opts.alpha / max(1, len(tests)) if opts.bonferroni else opts.alpha
-    for r in tests:
-        r["alpha"] = alpha
-        r["significant"] = bool(r["p_value"] < alpha)
-    return rows
+    plan = TCAVPlan(opts=opts, class_names=tuple(class_names),
+                    class_rows={k: eval_rows[labels[eval_rows] == k] for k in class_ids},
+                    concepts=tuple(concepts), pool=pool, stored_random=stored_random,
+                    rcv_targets=tuple(rcv_targets))
+    return plan, layout, conexp_rows
 
 
 def _tcav_block(store, run, ckpt, layer, concepts, g_cls, class_names, pool, stored_random, opts, base):

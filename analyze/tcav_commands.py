@@ -1,7 +1,10 @@
 """``probestore tcav``: concept sensitivity (TCAV, RCV sensitivity, ConExp) of a store.
 
 Registered like the other stages' commands (``register(subparsers)``); imports nothing
-heavy at module level, so ``probestore --help`` stays instant.
+heavy at module level, so ``probestore --help`` stays instant. The (run, checkpoint,
+layer) tasks run where ``probestore similarity`` runs its blocks: ``--scheduler local``
+(default, an embedded Dask cluster on 127.0.0.1), ``none`` / ``--workers 0``
+(in-process) or a scheduler address; the table is the same in every mode.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def register(subparsers) -> None:
             "t-test, Cohen's d and significance. Also the derivative along RCV directions of continuous "
             "concepts (Graziani et al.) and ConExp of binary concepts from the stored logits. Needs a "
             "store extracted with [extract] gradients = true (ConExp needs only logits). Seeded and "
-            "deterministic: the same command gives the same table."),
+            "deterministic: the same command gives the same table, whatever --scheduler and --workers."),
     )
     p.add_argument("store", help="the store (.zarr or .h5)")
     p.add_argument("-o", "--output", metavar="PATH", help="table (.parquet; default: <store>.tcav.parquet)")
@@ -52,11 +55,16 @@ def register(subparsers) -> None:
     p.add_argument("--rcv-targets", metavar="NAMES", help="continuous targets for RCV sensitivity (default: all)")
     p.add_argument("--no-conexp", action="store_true", help="skip ConExp")
     p.add_argument("--conexp-score", choices=("logit", "prob"), default="logit")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1; see TCAVOptions)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads per task (default 1; see TCAVOptions)")
+    r = p.add_argument_group("execution (one task per run, checkpoint and layer)")
+    r.add_argument("--scheduler", metavar="ADDR", help="'local' (default), 'none' (in-process) or tcp://HOST:PORT")
+    r.add_argument("--workers", type=int, metavar="N", dest="n_workers",
+                   help="local workers (default: cores / --threads; 0 = in-process)")
     p.set_defaults(func=tcav_command)
 
 
 def tcav_command(args: argparse.Namespace) -> int:
+    from analyze.config import AnalysisConfig
     from analyze.tcav import TCAVOptions, run_tcav, write_table
 
     opts = TCAVOptions(
@@ -65,10 +73,15 @@ def tcav_command(args: argparse.Namespace) -> int:
         layers=_names(args.layers), runs=_names(args.runs), checkpoints=_names(args.checkpoints),
         rcv=not args.no_rcv, rcv_targets=_names(args.rcv_targets), conexp=not args.no_conexp,
         conexp_score=args.conexp_score, threads=args.threads)
+    overrides = {k: getattr(args, k) for k in ("scheduler", "n_workers") if getattr(args, k, None) is not None}
+    if overrides.get("n_workers") == 0:
+        overrides.setdefault("scheduler", "none")
+    config = AnalysisConfig().replace(**overrides)
     store = Path(args.store)
     out = Path(args.output) if args.output else store.with_name(store.name + ".tcav.parquet")
     t0 = time.perf_counter()
-    rows = run_tcav(store, opts, log=lambda m: print(f"tcav: {m}", file=sys.stderr, flush=True))
+    rows = run_tcav(store, opts, config=config,
+                    log=lambda m: print(f"tcav: {m}", file=sys.stderr, flush=True))
     write_table(rows, out, opts)
     n_sig = sum(1 for r in rows if r["method"] == "tcav" and r.get("significant"))
     n_tests = sum(1 for r in rows if r["method"] == "tcav")

@@ -3,7 +3,10 @@
 What is timed is :func:`analyze.tcav.run_tcav` (reading the blocks and gradients, fitting
 every CAV of a (checkpoint, layer) in one batched solve, scoring, the t-tests, RCV
 sensitivity and ConExp), then the same call again to check that the table is
-bit-identical.
+bit-identical, then (``--workers N``, default 2; 0 skips it) the same call on a local
+Dask cluster of N single-threaded workers on 127.0.0.1, one task per (run, checkpoint,
+layer): its seconds beside the in-process ones (the cluster's start is timed
+separately) and whether its table is bit-identical to the in-process one.
 
 ``--store`` takes a store extracted with ``[extract] gradients = true``. Without it, a
 store is extracted first (not timed in the TCAV figure, reported separately) from the
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--checkpoints", type=int, default=2, help="checkpoints of the generated store")
     p.add_argument("--classes", help="comma-separated classes (default: all)")
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers to compare with (0: skip)")
     p.add_argument("--out", help="JSON with the numbers")
     args = p.parse_args(argv)
 
@@ -95,6 +99,20 @@ def main(argv=None) -> int:
     again = run_tcav(store, opts)
     second = time.perf_counter() - t0
     identical = json.dumps(rows, sort_keys=True, default=str) == json.dumps(again, sort_keys=True, default=str)
+    dask: dict[str, object] = {}
+    if args.workers > 0:
+        from distributed import Client, LocalCluster
+
+        t0 = time.perf_counter()
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            start_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            on_dask = run_tcav(store, opts, client=client)
+            dask_s = time.perf_counter() - t0
+        same = json.dumps(rows, sort_keys=True, default=str) == json.dumps(on_dask, sort_keys=True, default=str)
+        dask = {"dask_workers": args.workers, "seconds_dask": round(dask_s, 3),
+                "dask_cluster_start_seconds": round(start_s, 2), "dask_identical": same}
     tcav = [r for r in rows if r["method"] == "tcav"]
     blocks = {(r["run"], r["checkpoint"], r["layer"]) for r in tcav}
     concepts = {r["concept"] for r in tcav}
@@ -104,7 +122,7 @@ def main(argv=None) -> int:
         "cavs": n_cavs, "rows": len(rows), "tcav_tests": len(tcav),
         "significant": sum(bool(r["significant"]) for r in tcav),
         "seconds": round(first, 3), "seconds_rerun": round(second, 3),
-        "cavs_per_s": round(n_cavs / first, 1), "rerun_identical": identical,
+        "cavs_per_s": round(n_cavs / first, 1), "rerun_identical": identical, **dask,
         "extract_seconds": None if extract_s is None else round(extract_s, 2),
         "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "machine": platform.machine(),
         "random_source": sorted({r["random_source"] for r in tcav}),
@@ -115,7 +133,7 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(result, indent=2))
     if tmp is not None:
         tmp.cleanup()
-    return 0 if identical else 1
+    return 0 if identical and dask.get("dask_identical", True) else 1
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="overrides [extract] batch_size (changes the config hash)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers, overrides [extract] num_workers")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast, overrides [extract] amp")
+    p.add_argument("--compression", choices=("fast", "small", "none"),
+                   help="fast (lz4/lzf, default) | small (zstd/gzip) | none: disk against CPU time; "
+                        "overrides [extract] compression (not hashed: readers never need to know)")
     p.add_argument("--shard", metavar="I/N",
                    help="process every N-th checkpoint starting at I (0-based) so that N jobs "
                         "fill one store concurrently")
@@ -227,7 +230,8 @@ def _extract(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("bad --batch-size", where="--batch-size", expected=">= 1", got=args.batch_size)
     config = _load(args, store=args.store, device=args.device, batch_size=args.batch_size,
-                   layers=_split(args.layers), num_workers=args.num_workers, amp=args.amp)
+                   layers=_split(args.layers), num_workers=args.num_workers, amp=args.amp,
+                   compression=args.compression)
     runs = _split(args.runs)
     if args.dry_run:
         return _dry_run(config, runs, shard)

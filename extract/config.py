@@ -57,6 +57,7 @@ Shape of the file (every table but ``[experiment]``, ``[dataset]``, ``[model]`` 
     num_workers = 0                             # DataLoader worker processes
     max_flatten_features = 65536
     chunk_rows = "auto"                         # rows per stored chunk (resume granularity)
+    compression = "fast"                        # fast (lz4/lzf) | small (zstd/gzip) | none
 
     [analysis]                                  # read by `probestore analyze`, ignored here
 
@@ -75,7 +76,7 @@ is named) and how to get the data. There is never a fallback to other data.
 
 What is hashed: :meth:`ExperimentConfig.content` leaves out where things live and how
 fast they run (``store``, ``checkpoints_dir``, ``device``, ``num_workers``,
-``chunk_rows``, ``n_jobs``), and records ``dataset.path`` as written (the candidates),
+``chunk_rows``, ``compression``, ``n_jobs``), and records ``dataset.path`` as written (the candidates),
 so moving the data or the store, or resuming on another machine, is not a "different
 experiment". ``batch_size`` and ``amp`` *are* hashed: they change the floats.
 """
@@ -94,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.datasets import DatasetSpec
+from storage_schema.backends import COMPRESSIONS
 from storage_schema.errors import ConfigError, DataError, did_you_mean
 from storage_schema.names import validate_name
 from storage_schema.validation import check_keys, check_range, check_type
@@ -121,7 +123,7 @@ _ENV_RE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 #: keys that say where / how fast, not what: kept out of the config hash.
 _RUNTIME_KEYS = {
     "experiment": ("store", "checkpoints_dir"),
-    "extract": ("device", "num_workers", "chunk_rows"),
+    "extract": ("device", "num_workers", "chunk_rows", "compression"),
     "training": ("device", "num_workers"),
     "concepts": ("n_jobs",),
 }
@@ -179,6 +181,7 @@ class ExtractOptions:
     max_flatten_features: int = 65536
     chunk_rows: int | None = None
     gradients: bool = False
+    compression: str = "fast"
 
     def reduction_for(self, layer: str) -> str:
         """The reduction spec of ``layer``: exact override, else first matching glob, else default."""
@@ -426,7 +429,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None
     """Put CLI options into the TOML tables they override (None = not given).
 
     Recognised keys: ``store``, ``device`` (extract and training), ``batch_size``,
-    ``layers`` (list), ``num_workers`` (extract and training), ``amp``.
+    ``layers`` (list), ``num_workers`` (extract and training), ``amp``, ``compression``.
     """
     out = copy.deepcopy(dict(data))
     targets = {
@@ -436,6 +439,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None
         "layers": [("extract", "layers")],
         "num_workers": [("extract", "num_workers"), ("training", "num_workers")],
         "amp": [("extract", "amp")],
+        "compression": [("extract", "compression")],
     }
     for key, value in (overrides or {}).items():
         if key not in targets:
@@ -645,7 +649,8 @@ def _parse_extract(table: Any, seed: int, where: str, raw: dict[str, Any]) -> Ex
         check_type(d[key], int, where=f"{where}.{key}")
         check_range(d[key], low=low, where=f"{where}.{key}")
     str_fields: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-        ("dtype", "float32", DTYPES), ("device", "auto", DEVICES), ("amp", "none", AMP_MODES))
+        ("dtype", "float32", DTYPES), ("device", "auto", DEVICES), ("amp", "none", AMP_MODES),
+        ("compression", "fast", COMPRESSIONS))
     for key, text, choices in str_fields:
         d.setdefault(key, text)
         check_type(d[key], str, where=f"{where}.{key}")
@@ -668,7 +673,7 @@ def _parse_extract(table: Any, seed: int, where: str, raw: dict[str, Any]) -> Ex
         reduction_seed=d["reduction_seed"], dtype=d["dtype"], batch_size=d["batch_size"],
         device=d["device"], amp=d["amp"], num_workers=d["num_workers"],
         max_flatten_features=d["max_flatten_features"],
-        chunk_rows=None if chunk == "auto" else chunk, gradients=gradients)
+        chunk_rows=None if chunk == "auto" else chunk, gradients=gradients, compression=d["compression"])
 
 
 def _parse_concepts(table: Any, where: str, raw: dict[str, Any], seed: int = 0) -> ConceptOptions:

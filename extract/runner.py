@@ -283,17 +283,18 @@ class CheckpointStats:
 
 
 def create_blocks(store, run: str, checkpoint: str, plan: ExtractionPlan, *, dtype: str,
-                  chunk_rows: int | None = None) -> list:
+                  chunk_rows: int | None = None, compression: str = "fast") -> list:
     """Create (or find, when resuming) the checkpoint's blocks; return their BlockMeta."""
     metas = []
     for name in plan.layers:
         p = plan.reductions[name]
         metas.append(store.create_block(run, checkpoint, name, n_features=p.n_features, dtype=dtype,
                                         source_shape=list(p.source_shape), reduction=p.to_dict(),
-                                        chunk_rows=chunk_rows))
+                                        chunk_rows=chunk_rows, compression=compression))
     metas.append(store.create_block(run, checkpoint, layout.OUTPUTS, n_features=plan.n_outputs,
                                     dtype=dtype, source_shape=[plan.n_outputs],
-                                    reduction={"kind": "none"}, chunk_rows=chunk_rows))
+                                    reduction={"kind": "none"}, chunk_rows=chunk_rows,
+                                    compression=compression))
     return metas
 
 
@@ -314,7 +315,7 @@ def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch
         (:meth:`extract.datasets.ImageDataset.torch_dataset`).
     plan : ExtractionPlan
     options : ExtractOptions
-        ``batch_size``, ``num_workers``, ``amp``, ``dtype``, ``chunk_rows``.
+        ``batch_size``, ``num_workers``, ``amp``, ``dtype``, ``chunk_rows``, ``compression``.
     device : torch.device
     progress : bool
         tqdm bar with samples/s and ETA.
@@ -335,7 +336,7 @@ def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch
     prepare_device(device)
     model.to(device).eval()
     metas = create_blocks(store, run, checkpoint, plan, dtype=options.dtype,
-                          chunk_rows=options.chunk_rows)
+                          chunk_rows=options.chunk_rows, compression=options.compression)
     bs = options.batch_size
     stats = CheckpointStats(run, checkpoint)
     t0 = time.perf_counter()

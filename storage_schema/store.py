@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from storage_schema import layout
-from storage_schema.backends import Backend, backend_for
+from storage_schema.backends import COMPRESSIONS, Backend, backend_for
 from storage_schema.errors import (
     ConfigError,
     DataError,
     FingerprintMismatchError,
     NotFoundError,
     StoreFormatError,
+    did_you_mean,
 )
 from storage_schema.fingerprint import dataset_fingerprint
 from storage_schema.metadata import (
@@ -254,6 +255,11 @@ class ActivationStore:
     @property
     def fingerprint(self) -> str:
         return self.dataset.fingerprint
+
+    @property
+    def concurrent_writes(self) -> bool:
+        """Whether different blocks may be written from several threads at once (Zarr: yes)."""
+        return self._backend.concurrent_writes
 
     @property
     def config(self) -> dict[str, Any] | None:
@@ -556,14 +562,20 @@ class ActivationStore:
         source_shape: Sequence[int] | None = None,
         reduction: dict[str, Any] | None = None,
         chunk_rows: int | None = None,
+        compression: str = "fast",
     ) -> BlockMeta:
         """Create a block (a layer's features, or ``layout.OUTPUTS`` for logits).
 
         An existing block with the same shape and description is kept as it is, so a
         resumed writer continues from its ``rows_done``; a different one is an error.
+        ``compression`` (:data:`storage_schema.backends.base.COMPRESSIONS`) only changes
+        the bytes on disk, never what is read back.
         """
         if dtype not in FEATURE_DTYPES:
             raise ConfigError("unsupported feature dtype", where=f"block {block!r}", expected=FEATURE_DTYPES, got=dtype)
+        if compression not in COMPRESSIONS:
+            raise ConfigError("unknown compression", where=f"block {block!r}", expected=COMPRESSIONS,
+                              got=repr(compression), fix=did_you_mean(str(compression), COMPRESSIONS) or None)
         if self.checkpoint_info(run, checkpoint) is None:
             raise NotFoundError(
                 f"checkpoint {run}/{checkpoint} is not registered", where=str(self.path), fix="call add_checkpoint first"
@@ -604,18 +616,27 @@ class ActivationStore:
             shape=(self.n_samples, int(n_features)),
             dtype=np.dtype(dtype),
             chunks=(max(1, min(rows, self.n_samples)), max(1, int(n_features))),
+            compression=compression,
         )
         return self.block_info(run, checkpoint, block)
 
     def write_rows(self, run: str, checkpoint: str, block: str, start: int, values: np.ndarray) -> None:
         """Write rows ``start:start+len(values)`` of a block; refuse NaN/Inf and bad shapes."""
-        info = self.block_info(run, checkpoint, block)
+        # The array's own shape and dtype, not block_info: this runs once per chunk
+        # while extracting, and re-reading the block's metadata each time was a
+        # measurable share of the writer's time.
+        node = layout.block_array_node(run, checkpoint, block)
+        try:
+            (_, n_features), dtype, _ = self._backend.array_meta(node)
+        except NotFoundError:
+            self.block_info(run, checkpoint, block)  # raises the error that names the block
+            raise
         values = np.asarray(values)
-        if values.ndim != 2 or values.shape[1] != info.n_features or start < 0 or start + len(values) > self.n_samples:
+        if values.ndim != 2 or values.shape[1] != n_features or start < 0 or start + len(values) > self.n_samples:
             raise DataError(
                 "rows do not fit the block",
                 where=f"{run}/{checkpoint}/{block}",
-                expected=f"[k, {info.n_features}] within {self.n_samples} rows",
+                expected=f"[k, {n_features}] within {self.n_samples} rows",
                 got=f"{list(values.shape)} at row {start}",
             )
         if not np.isfinite(values).all():
@@ -626,7 +647,7 @@ class ActivationStore:
                 got=f"{bad} rows with NaN/Inf",
                 fix="check the checkpoint (diverged training?) or use a wider dtype (float32 instead of float16)",
             )
-        self._backend.write(layout.block_array_node(run, checkpoint, block), values.astype(info.dtype, copy=False), start)
+        self._backend.write(node, values.astype(dtype, copy=False), start)
 
     def set_rows_done(self, run: str, checkpoint: str, block: str, rows_done: int) -> None:
         """Record that rows ``[0, rows_done)`` of a block are written (for resuming)."""

@@ -115,8 +115,9 @@ def test_glob_reduction_override_exact_name_wins():
 
 def test_content_hash_ignores_where_and_how_fast_but_not_what():
     base = _parse(EXAMPLE)
-    moved = _parse(EXAMPLE, store="elsewhere/x.h5", device="cpu", num_workers=3)
+    moved = _parse(EXAMPLE, store="elsewhere/x.h5", device="cpu", num_workers=3, compression="none")
     assert moved.store == Path("elsewhere/x.h5") and moved.extract.device == "cpu"
+    assert base.extract.compression == "fast" and moved.extract.compression == "none"
     assert moved.training["device"] == "cpu"  # --device applies to training too
     assert config_hash(base.content()) == config_hash(moved.content())
     rebatched = _parse(EXAMPLE, batch_size=32)
@@ -144,6 +145,7 @@ def test_content_hash_ignores_where_and_how_fast_but_not_what():
         ("max_samples = 300", "max_sample = 300", "did you mean 'max_samples'"),
         ('name = "generalizing"', 'nme = "generalizing"', "did you mean 'name'"),
         ('dtype = "float16"', 'dtype = "float61"', "did you mean 'float16'"),
+        ('dtype = "float16"', 'dtype = "float16"\ncompression = "smal"', "did you mean 'small'"),
     ],
 )
 def test_unknown_keys_and_values_suggest_the_closest(old, new, message):

@@ -252,6 +252,28 @@ def test_writer_writes_whole_chunks_then_completes(tmp_path):
     np.testing.assert_array_equal(store.read_logits("r", "c"), full[layout.OUTPUTS])
 
 
+@pytest.mark.parametrize("write_threads", [1, 3])
+def test_parallel_block_writes_store_the_same_arrays_as_one_thread(tmp_path, write_threads):
+    store = create_store(tmp_path / "p.zarr", dataset_name="w", sample_ids=[str(i) for i in range(100)],
+                         labels=np.zeros(100, int), splits=np.zeros(100, np.int8), class_names=["a"])
+    store.add_run("r", model={"name": "m"}, architecture="m", train_labels=np.zeros(100, int),
+                  corrupted=np.zeros(100, bool), corruption={"fraction": 0.0, "mode": "none", "seed": 0})
+    store.add_checkpoint("r", "c", epoch=1)
+    rng = np.random.default_rng(1)
+    full = {f"l{i}": rng.standard_normal((100, 5 + i)).astype(np.float32) for i in range(3)}
+    full[layout.OUTPUTS] = rng.standard_normal((100, 2)).astype(np.float32)
+    metas = [store.create_block("r", "c", name, n_features=v.shape[1], chunk_rows=16) for name, v in full.items()]
+    with CheckpointWriter(store, "r", "c", metas, ["l0", "l1", "l2"], write_threads=write_threads) as w:
+        assert (w._pool is None) == (write_threads == 1)
+        for start in range(0, 100, 10):
+            w.put(start, {k: v[start:start + 10] for k, v in full.items()})
+        w.finish()
+    assert w.rows_written == 400
+    for name, values in full.items():
+        np.testing.assert_array_equal(store.read_block("r", "c", name), values)
+    assert [b.name for b in store.layers("r", "c")] == ["l0", "l1", "l2"]
+
+
 def test_writer_resumes_and_drops_rows_already_written(tmp_path):
     store, metas = _tiny_store(tmp_path)
     data = np.arange(300, dtype=np.float32).reshape(100, 3)

@@ -332,6 +332,41 @@ def test_broken_zarr_metadata_is_a_clear_error(tmp_path):
         open_store(path)
 
 
+def test_every_compression_round_trips_and_trades_disk_for_time(tmp_path, suffix):
+    store = make_store(tmp_path / f"s{suffix}", n=600)
+    add_run(store)
+    store.add_checkpoint("gen", "e0", epoch=0)
+    rng = np.random.default_rng(0)
+    relu = np.maximum(rng.standard_normal((600, 256)), 0).astype("float32")  # half exact zeros
+    stored = {}
+    for compression in ("fast", "small", "none"):
+        store.create_block("gen", "e0", compression, n_features=256, compression=compression)
+        store.write_rows("gen", "e0", compression, 0, relu)
+        store.mark_block_complete("gen", "e0", compression)
+        np.testing.assert_array_equal(store.read_layer("gen", "e0", compression), relu)
+        stored[compression] = store.stored_bytes("gen", "e0", compression)
+    assert stored["none"] >= relu.nbytes * 0.95  # raw chunks
+    assert stored["fast"] < stored["none"] * 0.9 and stored["small"] < stored["none"] * 0.9
+    with pytest.raises(ConfigError, match="did you mean 'small'"):
+        store.create_block("gen", "e0", "x", n_features=3, compression="smal")
+
+
+def test_broken_node_metadata_is_a_clear_error_and_updates_leave_no_temporary_files(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = make_store(path)
+    add_run(store)
+    write_checkpoint(store, "gen", "e0", {"fc1": np.ones((50, 4), "float32")}, np.ones((50, 3), "float32"))
+    assert not list(path.rglob(".zarr.json.*"))  # attribute updates renamed their temporary files
+    meta = path / layout.block_node("gen", "e0", "fc1") / "zarr.json"
+    meta.write_text('{"zarr_format": 3, "node_type": "group", "attributes": ')
+    with pytest.raises(StoreFormatError, match="unreadable metadata") as err:
+        open_store(path).read_layer("gen", "e0", "fc1")
+    assert str(meta) in str(err.value)
+    meta.write_text('{"zarr_format": 2, "node_type": "group"}')
+    with pytest.raises(StoreFormatError, match="Zarr v3 node"):
+        open_store(path).read_layer("gen", "e0", "fc1")
+
+
 # --------------------------------------------------------------------------- concurrency
 WRITER = textwrap.dedent(
     """

@@ -261,7 +261,7 @@ def test_cli_writes_the_table(tmp_path, capsys):
     tcav_commands.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "t.parquet"
     args = parser.parse_args(["tcav", str(tmp_path / "s.zarr"), "-o", str(out), "--repeats", "4",
-                              "--random-size", "15", "--classes", "zero,one", "--no-rcv"])
+                              "--random-size", "15", "--classes", "zero,one", "--no-rcv", "--workers", "0"])
     assert args.func(args) == 0
     df = pd.read_parquet(out)
     assert set(df.method) == {"tcav", "conexp"} and set(df.class_name) == {"zero", "one"}
@@ -270,3 +270,65 @@ def test_cli_writes_the_table(tmp_path, capsys):
     direct = pd.read_parquet(write_table(run_tcav(tmp_path / "s.zarr", opts), tmp_path / "d.parquet", opts))
     pd.testing.assert_frame_equal(df, direct)
     assert open_store(tmp_path / "s.zarr").n_samples == N
+
+
+# --------------------------------------------------------------------------- on Dask
+
+
+def _multi_block_store(path):
+    """The planted store plus a second checkpoint with three gradient layers: four TCAV tasks."""
+    store, data = _planted_store(path)
+    rng = np.random.default_rng(5)
+    store.add_checkpoint("r", "e2", epoch=2)
+    store.create_block("r", "e2", "outputs", n_features=3)
+    store.write_rows("r", "e2", "outputs", 0, data["logits"][:, ::-1].astype(np.float32).copy())
+    store.mark_block_complete("r", "e2", "outputs")
+    for i, layer in enumerate(("fc", "fc2", "fc3")):
+        Q = np.linalg.qr(rng.standard_normal((F, F)))[0] if i else np.eye(F)  # rotated copies of the planted layer
+        store.create_block("r", "e2", layer, n_features=F)
+        store.write_rows("r", "e2", layer, 0, (data["X"] @ Q + 0.1 * i).astype(np.float32))
+        store.mark_block_complete("r", "e2", layer)
+        store.write_extra("r", "e2", layer, GRAD, (data["grads"] @ Q).astype(np.float32))
+        set_extra_attrs(store, "r", "e2", layer, GRAD, {"kind": "gradient", "of": "own_class_logit",
+                                                        "reduction": {"kind": "none"}, "lift_scale": 1.0,
+                                                        "complete": True, "rows_done": N})
+    store.mark_checkpoint_complete("r", "e2")
+    store.close()
+    return path
+
+
+def test_table_identical_in_process_and_on_one_or_two_dask_workers(tmp_path):
+    from distributed import Client, LocalCluster
+
+    from analyze.config import AnalysisConfig
+
+    path = _multi_block_store(tmp_path / "s.zarr")
+    opts = TCAVOptions(repeats=6, random_size=20, seed=3, bonferroni=True)
+    seen: list[str] = []
+    ref = pd.DataFrame(run_tcav(path, opts, config=AnalysisConfig(scheduler="none"), log=seen.append))
+    # four blocks in table order, each with TCAV and RCV rows, then each checkpoint's ConExp
+    t = ref[ref.method == "tcav"]
+    assert list(dict.fromkeys(zip(t.checkpoint, t.layer))) == [("e1", "fc"), ("e2", "fc"), ("e2", "fc2"),
+                                                               ("e2", "fc3")]
+    assert (ref.method == "rcv").sum() == 4 * 3 and (ref.method == "conexp").sum() == 2 * 3
+    assert np.isfinite(t.score_mean).all() and (t.alpha == 0.05 / len(t)).all()
+    assert any("in-process" in m for m in seen)
+    # a layer rotated by Q keeps the planted concept: class zero stays significant on every block
+    assert t[t.class_name == "zero"].significant.all()
+
+    # one local worker through the CLI (the embedded cluster of `probestore tcav --workers 1`)
+    parser = argparse.ArgumentParser()
+    tcav_commands.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "one.parquet"
+    args = parser.parse_args(["tcav", str(path), "-o", str(out), "--repeats", "6", "--random-size", "20",
+                              "--seed", "3", "--bonferroni", "--workers", "1"])
+    assert args.func(args) == 0
+    direct = pd.read_parquet(write_table(ref.to_dict("records"), tmp_path / "ref.parquet", opts))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), direct, check_exact=True)
+
+    # two workers on a caller-owned cluster (no BLAS env set: the tasks cap their own threads)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        two = pd.DataFrame(run_tcav(path, opts, client=client))
+        assert len(client.scheduler_info()["workers"]) == 2
+    pd.testing.assert_frame_equal(two, ref, check_exact=True)

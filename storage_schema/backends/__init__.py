@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage_schema.backends.base import Backend
+from storage_schema.backends.base import COMPRESSIONS, Backend
 from storage_schema.errors import ConfigError
 
 ZARR_SUFFIXES = (".zarr",)
@@ -36,4 +36,4 @@ def backend_for(path: str | Path) -> type[Backend]:
     )
 
 
-__all__ = ["Backend", "backend_for", "ZARR_SUFFIXES", "HDF5_SUFFIXES"]
+__all__ = ["Backend", "COMPRESSIONS", "backend_for", "ZARR_SUFFIXES", "HDF5_SUFFIXES"]

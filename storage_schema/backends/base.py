@@ -13,11 +13,21 @@ from typing import Any
 
 import numpy as np
 
+#: How numeric arrays are compressed: a writer's trade of time for disk. Readers never
+#: need to know (each format records its codecs), so this is not part of the schema.
+#: ``fast`` (default): lz4 (Zarr) / lzf (HDF5), no byte shuffle; on ReLU features it
+#: compresses ~1.3-2x at ~400 MB/s per core. ``small``: zstd (Zarr) / gzip (HDF5) with
+#: byte shuffle, ~1.5-2.3x at ~100 MB/s per core. ``none``: raw chunks, for machines
+#: where the forward pass keeps every core busy and disk is plentiful.
+COMPRESSIONS = ("fast", "small", "none")
+
 
 class Backend(ABC):
     """Low-level access to one store. Subclasses: ``ZarrBackend``, ``HDF5Backend``."""
 
     format_name: str = ""
+    #: Whether different arrays may be written from several threads at once.
+    concurrent_writes: bool = False
 
     def __init__(self, path: str | Path, *, read_only: bool) -> None:
         self.path = Path(path)
@@ -73,8 +83,9 @@ class Backend(ABC):
         dtype: np.dtype,
         chunks: tuple[int, ...],
         attrs: dict[str, Any] | None = None,
+        compression: str = "fast",
     ) -> None:
-        """Create a chunked, compressed array filled with the dtype's zero."""
+        """Create a chunked array filled with the dtype's zero (``compression``: :data:`COMPRESSIONS`)."""
 
     @abstractmethod
     def array_meta(self, node: str) -> tuple[tuple[int, ...], np.dtype, tuple[int, ...]]:
