@@ -399,10 +399,17 @@ class ResultsWriter:
         for part in merged_parts:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+        for written in (self.files["table"], self.files["csv"]):  # temporaries of killed runs
+            for leftover in written.parent.glob(f".{written.name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
         parts = self.files["parts"]
         if parts.is_dir() and not self._part_files():
-            with contextlib.suppress(FileNotFoundError):
-                (parts / "_meta.json").unlink()
+            # Temporary files of a process killed mid-write (this one holds the table's
+            # lock, so no live writer owns them); left there, they would keep the folder.
+            for leftover in [*parts.glob(".*.tmp"), parts / "_meta.json"]:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
             with contextlib.suppress(OSError):
                 parts.rmdir()
         return df

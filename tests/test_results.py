@@ -77,6 +77,22 @@ def test_parts_are_merged_then_removed_and_done_ids_seen(tmp_path):
     assert len(w2.finalize()) == 4
 
 
+def test_temporary_files_of_a_killed_writer_are_cleaned_at_the_merge(tmp_path):
+    # what a SIGKILL inside an atomic write leaves: a temporary part, table and CSV
+    path = tmp_path / "res.parquet"
+    w = ResultsWriter(path, {"fingerprint": "fp"})
+    w.write_part(("a",), [row(layer="l1")])
+    parts = results_paths(path)["parts"]
+    stale = [parts / ".part-0123.parquet.abcd1234.tmp", tmp_path / ".res.parquet.deadbeef.tmp",
+             tmp_path / ".res.csv.0badf00d.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a file")
+    with w:
+        w.finalize()
+    assert not parts.exists() and not any(f.exists() for f in stale)
+    assert len(read_table(path)) == 1
+
+
 def test_fingerprint_mismatch_and_missing_fingerprint_are_refused(tmp_path):
     path = tmp_path / "res.parquet"
     w = ResultsWriter(path, {"fingerprint": "fp1"})
