@@ -31,6 +31,7 @@ from storage_schema.concept_sets import (
 )
 from storage_schema.store import create_store
 from storage_schema.validate import validate_store
+from tests.test_gradients import _Data
 
 N, CHUNK = 70, 32
 GRAD = "grad_own_logit"
@@ -50,17 +51,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv2(self.relu1(self.conv1(x))).flatten(1))
-
-
-class _Data(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], i
 
 
 def _build(path: Path) -> Path:
