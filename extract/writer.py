@@ -7,8 +7,9 @@ goes on computing; a thread writes them. Three rules make the result resumable:
   (``BlockMeta.chunk_rows``) are ready, so every chunk file is written once, complete
   (zarr writes each file to a temporary name and renames it), never patched row by row.
 * **Progress after data.** A block's ``rows_done`` is raised only after the rows below
-  it are written, so after a kill (even SIGKILL) every row under ``rows_done`` is on
-  disk; rows at or above it are recomputed by the resumed run (the loop restarts at
+  it are written and synced to disk (the store fdatasyncs the chunk files; waiting for
+  the disk here overlaps with the forward pass), so after a kill (even SIGKILL, even a
+  power cut) every row under ``rows_done`` is on disk; rows at or above it are recomputed by the resumed run (the loop restarts at
   ``min(rows_done)`` rounded down to the batch size), and rows a block already holds
   are dropped here rather than written twice.
 * **Completion last.** The tail is written, then blocks are marked complete, the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,8 @@ class HDF5Backend(Backend):
                 values = values.astype(object)
             dset[start : start + len(values)] = values
             handle.flush()
+            # On disk before the caller raises rows_done (see ZarrBackend._flush_chunks).
+            os.fsync(handle.id.get_vfd_handle())
 
     def read(self, node: str, rows=None) -> np.ndarray:
         with self._file("r") as handle:
