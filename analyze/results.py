@@ -399,17 +399,18 @@ class ResultsWriter:
         for part in merged_parts:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
-        for written in (self.files["table"], self.files["csv"]):  # temporaries of killed runs
-            for leftover in written.parent.glob(f".{written.name}.*.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-        parts = self.files["parts"]
-        if parts.is_dir() and not self._part_files():
-            # Temporary files of a process killed mid-write (this one holds the table's
-            # lock, so no live writer owns them); left there, they would keep the folder.
-            for leftover in [*parts.glob(".*.tmp"), parts / "_meta.json"]:
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+        # Temporary files of processes killed mid-write: this one holds the table's lock,
+        # so no live writer owns them (left in parts/, they would keep the folder).
+        table, csv, parts = self.files["table"], self.files["csv"], self.files["parts"]
+        leftovers = [*table.parent.glob(f".{table.name}.*.tmp"), *csv.parent.glob(f".{csv.name}.*.tmp"),
+                     *parts.glob(".*.tmp")]
+        merged_all = parts.is_dir() and not self._part_files()
+        if merged_all:
+            leftovers.append(parts / "_meta.json")
+        for leftover in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        if merged_all:
             with contextlib.suppress(OSError):
                 parts.rmdir()
         return df
