@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 .PHONY: setup test lint demo demo-data bench clean help
 
 help:
-	@echo "make demo   - train, extract, analyze and report both paper experiments on real data"
+	@echo "make demo   - train, extract, analyze and report the three paper experiments on real data"
 	@echo "make test   - run the test suite (what CI runs)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - extraction and analysis benchmarks -> $(BENCH_DIR)/ and BENCHMARKS.md figures"

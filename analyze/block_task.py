@@ -2,9 +2,12 @@
 
 A task opens the store read-only *in the worker* (only the path travels), reads the
 block as float32 and hands the same in-memory splits to the batched solvers: all
-classifier probes (true labels, training labels, control labels, every C) in one
-:func:`~analyze.solvers.logistic.fit_logistic_block` call, all RCVs (every concept,
-every alpha) in one :func:`~analyze.solvers.ridge.fit_rcv_block` factorization, the MDL
+classifier probes in one :func:`~analyze.solvers.logistic.fit_logistic_block` call (the
+true labels along the C grid; the control labels at the true labels' C; a corrupted
+run's training labels at the C chosen on an inner split of train, see
+:func:`fit_classifier_group`), all RCVs (every concept,
+every alpha) in one :func:`~analyze.solvers.ridge.fit_rcv_block` factorization (the
+OLS RCVs, ``rcv_ols``, in one :func:`~analyze.solvers.ridge.fit_ols_block` SVD), the MDL
 probes (when asked for) from the same train rows (:mod:`analyze.mdl`). The
 per-sample data every block shares (labels, splits, control labels, concept targets)
 is built once by the driver (:func:`build_sample_data`) and scattered to the workers.
@@ -64,7 +67,11 @@ class SampleData:
     split_index : dict split -> int ndarray
         Rows of ``train``, ``valid``, ``test`` (possibly empty), in store order.
     labels, control : ndarray (n,)
-        True labels and the control task's relabeling (None without control probes).
+        True labels and the control task's labels, a seeded function of the store's
+        sample types (:mod:`analyze.controls`); None without control probes or types.
+    control_error : str
+        Why there are no control labels although control probes are planned (the
+        control rows fail with it); "" otherwise.
     train_labels, corrupted : dict run -> ndarray (n,)
         Training labels and corrupted mask of each planned run.
     targets : tuple of str
@@ -82,6 +89,8 @@ class SampleData:
     corrupted: dict[str, np.ndarray]
     targets: tuple[str, ...]
     target_values: np.ndarray
+    control_error: str = ""
+    control_note: str = ""
 
 
 def build_sample_data(store, plan: Plan, config: AnalysisConfig) -> SampleData:
@@ -97,7 +106,16 @@ def build_sample_data(store, plan: Plan, config: AnalysisConfig) -> SampleData:
     values = np.empty((store.n_samples, len(targets)), dtype=np.float64)
     for t, name in enumerate(targets):
         values[:, t] = store.read_target(name)
-    control = control_labels(labels, n_classes, config.control_seed) if "control" in config.probes else None
+    control, control_error, control_note = None, "", ""
+    if "control" in config.probes:
+        try:
+            types = store.sample_types()
+            control = control_labels(types, labels, n_classes, config.control_seed)
+            control_note = (f"control labels: a seeded function (control_seed {config.control_seed}) of "
+                            f"{np.unique(types).size} sample types")
+        except ProbestoreError as exc:
+            control_error = (f"no control task: {exc}; then rerun the analysis with --retry-failed "
+                             "(or leave the control probe out: --probes classifier,rcv,outputs)")
     return SampleData(
         fingerprint=store.fingerprint,
         n_samples=store.n_samples,
@@ -109,6 +127,8 @@ def build_sample_data(store, plan: Plan, config: AnalysisConfig) -> SampleData:
         corrupted={r: store.corrupted_mask(r) for r in runs},
         targets=targets,
         target_values=values,
+        control_error=control_error,
+        control_note=control_note,
     )
 
 
@@ -185,6 +205,24 @@ def _status(res, tol_default: str) -> tuple[str, str]:
     return "ok", res.message or ""
 
 
+#: Held-out fraction and seed of the inner split of train that selects C for the probe on
+#: a corrupted run's training labels (docs/science.md §3).
+INNER_FRACTION = 0.2
+INNER_SEED = 0
+
+
+def grid_edge(index: int, size: int) -> str:
+    """``"low"`` / ``"high"`` when the selected value is the grid's smallest / largest, else ``""``.
+
+    Why: a validation curve that is still falling at the end of the grid has its optimum
+    outside it; the number reported is then the best *of the grid*, not the probe's.
+    A one-value grid was not a selection, so it has no edge.
+    """
+    if size <= 1 or index < 0:
+        return ""
+    return "low" if index == 0 else ("high" if index == size - 1 else "")
+
+
 def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None], config: AnalysisConfig,
                          *, test_scorer=None, want_weights=False):
     """Classifier + control probes of one block in one batched solve.
@@ -192,25 +230,63 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
     ``X`` maps split -> float32 rows. ``test`` may be None (the streaming path): then
     ``test_scorer({name: (coef, intercept)}) -> {name: test logits}`` scores the test
     split of every fitted label set in one pass over the block.
+
+    How each label set gets its C (docs/science.md §1-3):
+
+    - ``true_labels``: the grid, selected by validation cross-entropy;
+    - ``control_labels``: the true-label probe's C, no selection of its own (Hewitt &
+      Liang keep the task probe's settings), fitted only at that C;
+    - ``train_labels`` (corrupted runs): selected by cross-entropy on a seeded stratified
+      inner split of train that carries the *training* labels, then refitted on all of
+      train at that C (the valid split carries true labels, which a memorizing run's
+      training labels are not).
     """
-    from analyze.solvers.logistic import fit_logistic_block
+    from analyze.solvers.logistic import fit_logistic_block, select_C_inner
 
     idx = sample.split_index
     K = sample.n_classes
-    label_sets = _label_sets(job, specs, sample, idx)
     opts = config.solver_options()
+    rows: list[dict[str, Any]] = []
+    if sample.control is None:  # no sample types: the control rows fail, the rest goes on
+        rows += _failed_rows(job, [s for s in specs if s.target == "control_labels"], sample, sample.control_error)
+        specs = [s for s in specs if s.target != "control_labels"]
+    if not specs:
+        return rows, {}, {}
+    label_sets = _label_sets(job, specs, sample, idx)
+    if "control_labels" in label_sets and "true_labels" not in label_sets:  # its C comes from there
+        label_sets["true_labels"] = tuple(sample.labels[idx[s]] if idx[s].size else None for s in SPLITS)
+    fixed: dict[str, str | float] = {}
+    notes = {"true_labels": "", "control_labels": f"fitted at the true-label probe's C; {sample.control_note}"}
+    edges: dict[str, str] = {}
     t0 = time.perf_counter()
     try:
         if X["train"] is None or X["valid"] is None:
             missing = [s for s in ("train", "valid") if X[s] is None]
             raise _empty_split(missing)
+        if "control_labels" in label_sets:
+            fixed["control_labels"] = "true_labels"
+        if "train_labels" in label_sets:
+            try:
+                C_tr, i_tr, _ = select_C_inner(X["train"], label_sets["train_labels"][0], config.Cs, n_classes=K,
+                                               fraction=INNER_FRACTION, seed=INNER_SEED, **opts)
+            except ProbestoreError as exc:
+                spec = next(s for s in specs if s.target == "train_labels")
+                rows += _failed_rows(job, [spec], sample, _error_text(exc))
+                specs = [s for s in specs if s is not spec]
+                del label_sets["train_labels"]
+            else:
+                fixed["train_labels"] = C_tr
+                edges["train_labels"] = grid_edge(i_tr, len(config.Cs))
+                notes["train_labels"] = (f"C selected by cross-entropy on a stratified {INNER_FRACTION:.0%} inner "
+                                         f"split of train with the training labels (seed {INNER_SEED}), then refitted "
+                                         "on all of train")
         fit_sets = label_sets
         if X["test"] is None:  # no test rows in memory: score the test split afterwards
             fit_sets = {k: (v[0], v[1], None) for k, v in label_sets.items()}
         results = fit_logistic_block(X["train"], X["valid"], X["test"], fit_sets, config.Cs,
-                                     n_classes=K, **opts)
+                                     n_classes=K, fixed_C=fixed, **opts)
     except ProbestoreError as exc:
-        return _failed_rows(job, specs, sample, _error_text(exc)), {}, {}
+        return rows + _failed_rows(job, specs, sample, _error_text(exc)), {}, {}
     seconds = (time.perf_counter() - t0) / max(1, len(specs))
     test_metrics = {}
     if X["test"] is None and test_scorer is not None and idx["test"].size:
@@ -221,7 +297,7 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
             test_metrics[name] = _split_scores(logits, label_sets[name][2], K)
 
     tol = str(opts.get("tol", "default"))
-    rows, weights, attrs = [], {}, {}
+    weights, attrs = {}, {}
     control = results.get("control_labels")
     for spec in specs:
         res = results[spec.target]
@@ -230,24 +306,26 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
         if status == "failed":
             rows.append(make_row(**row, status="failed", message=message, fit_seconds=seconds))
             continue
+        message = "; ".join(m for m in (message, notes.get(spec.target, "")) if m)
         err = {s: getattr(res, f"error_{s}") for s in SPLITS}
         top5 = {s: getattr(res, f"top5_error_{s}") for s in SPLITS}
         ce = {s: getattr(res, f"ce_{s}") for s in SPLITS}
         if spec.target in test_metrics:
             tm = test_metrics[spec.target]
             err["test"], top5["test"], ce["test"] = tm["error"], tm["top5_error"], tm["loss"]
+        edge = edges.get(spec.target, grid_edge(res.C_index, res.Cs.size) if spec.target not in fixed else "")
         row.update(
-            hyperparameter="C", hyperparameter_value=float(res.C),
+            hyperparameter="C", hyperparameter_value=float(res.C), grid_edge=edge,
             **{f"{s}_error": err[s] for s in SPLITS},
             **{f"{s}_top5_error": top5[s] for s in SPLITS},
             **{f"{s}_loss": ce[s] for s in SPLITS},
         )
         if spec.target == "true_labels" and control is not None and control.status != "failed":
-            c_err = {s: getattr(control, f"error_{s}") for s in ("train", "test")}
+            c_err = {s: getattr(control, f"error_{s}") for s in SPLITS}
             if "control_labels" in test_metrics:
                 c_err["test"] = test_metrics["control_labels"]["error"]
-            row["selectivity_train"] = float(c_err["train"] - err["train"])
-            row["selectivity_test"] = float(c_err["test"] - err["test"])
+            for s in SPLITS:  # accuracy(true) - accuracy(control), at the same C
+                row[f"selectivity_{s}"] = float(c_err[s] - err[s])
         if spec.probe == "classifier" and job.has_corrupted:
             row.update(_clean_corrupted(X["train"], res, label_sets[spec.target][0],
                                         sample.corrupted[job.run][idx["train"]]))
@@ -300,8 +378,10 @@ def _rcv_rows(job, specs, sample, res, seconds, want_weights):
         if res.status[t] != "ok":
             rows.append(make_row(**row, status="failed", message=res.message[t], fit_seconds=seconds))
             continue
+        ols = spec.probe == "rcv_ols"  # no penalty: hyperparameter "none", value NaN
         row.update(
-            hyperparameter="alpha", hyperparameter_value=float(res.alpha[t]),
+            hyperparameter="none" if ols else "alpha", hyperparameter_value=None if ols else float(res.alpha[t]),
+            grid_edge="" if ols else grid_edge(int(res.alpha_index[t]), int(np.asarray(res.alphas).size)),
             **{f"{s}_r2": float(getattr(res, f"r2_{s}")[t]) for s in SPLITS},
             **{f"{s}_mspe": float(getattr(res, f"mspe_{s}")[t]) for s in SPLITS},
         )
@@ -310,7 +390,8 @@ def _rcv_rows(job, specs, sample, res, seconds, want_weights):
             pid = row["probe_id"]
             weights[pid] = {"coef": res.coef[t].astype(np.float32), "intercept": np.asarray(res.intercept[t]),
                             "direction": res.direction[t].astype(np.float32)}
-            attrs[pid] = {"alpha": float(res.alpha[t]), "space": "raw features"}
+            attrs[pid] = {"alpha": 0.0 if ols else float(res.alpha[t]), "space": "raw features",
+                          "fit": "ols" if ols else "ridge"}
     return rows, weights, attrs
 
 
@@ -320,8 +401,11 @@ def _target_columns(specs, sample: SampleData) -> np.ndarray:
 
 
 def fit_rcv_group(job, specs, sample, X: Mapping[str, np.ndarray | None], config, *, want_weights=False):
-    """Every RCV of one block from one factorization (in-memory splits)."""
-    from analyze.solvers.ridge import fit_rcv_block
+    """Every RCV of one block from one factorization (in-memory splits).
+
+    Ridge for probe ``rcv``; ordinary least squares (one SVD) for ``rcv_ols``.
+    """
+    from analyze.solvers.ridge import fit_ols_block, fit_rcv_block
 
     idx = sample.split_index
     Y = sample.target_values[:, _target_columns(specs, sample)]
@@ -329,8 +413,9 @@ def fit_rcv_group(job, specs, sample, X: Mapping[str, np.ndarray | None], config
     try:
         if X["train"] is None or X["valid"] is None:
             raise _empty_split([s for s in ("train", "valid") if X[s] is None])
-        res = fit_rcv_block(X["train"], Y[idx["train"]], X["valid"], Y[idx["valid"]],
-                            X["test"], None if X["test"] is None else Y[idx["test"]], config.alphas)
+        args = (X["train"], Y[idx["train"]], X["valid"], Y[idx["valid"]],
+                X["test"], None if X["test"] is None else Y[idx["test"]])
+        res = fit_ols_block(*args) if specs[0].probe == "rcv_ols" else fit_rcv_block(*args, config.alphas)
     except ProbestoreError as exc:
         return _failed_rows(job, specs, sample, _error_text(exc)), {}, {}
     return _rcv_rows(job, specs, sample, res, (time.perf_counter() - t0) / max(1, len(specs)), want_weights)
@@ -382,8 +467,15 @@ def _row_step(job: BlockJob, budget: int) -> int:
     return max(1, min(rows, job.n_samples))
 
 
+def _stats_columns(s, cols: np.ndarray):
+    """The statistics of a subset of the targets (same rows and features)."""
+    from analyze.solvers.standardize import SplitStats
+
+    return SplitStats(s.n, s.mean_x, s.mean_y[cols], s.cxx, s.cxy[:, cols], s.cyy[cols], s.y_nonfinite[cols])
+
+
 def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
-    from analyze.solvers.ridge import fit_ridge_path
+    from analyze.solvers.ridge import fit_ols_stats, fit_ridge_path
     from analyze.solvers.standardize import GramAccumulator
 
     n, F = job.n_samples, job.n_features
@@ -391,7 +483,9 @@ def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
     split_of = np.full(n, -1, dtype=np.int8)
     for code, s in enumerate(SPLITS):
         split_of[sample.split_index[s]] = code
-    rcv_specs = specs_by_group.get("rcv", [])
+    # Ridge and OLS RCVs share one set of Gram statistics (over the union of their targets).
+    reg_groups = {g: specs_by_group[g] for g in ("rcv", "rcv_ols") if specs_by_group.get(g)}
+    rcv_specs = [s for specs in reg_groups.values() for s in specs]
     clf_specs = specs_by_group.get("classifier", [])
     mdl_specs = specs_by_group.get("mdl", [])
     Y = sample.target_values[:, _target_columns(rcv_specs, sample)] if rcv_specs else None
@@ -426,21 +520,27 @@ def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
         if rcv_error is not None:
             rows += _failed_rows(job, rcv_specs, sample, _error_text(rcv_error))
         else:
-            t0 = time.perf_counter()
-            try:
-                st = {s: acc[s].stats() for s in SPLITS}
-                if st["train"].n == 0 or st["valid"].n == 0:
-                    raise _empty_split([s for s in ("train", "valid") if st[s].n == 0])
-                res = fit_ridge_path(st["train"], st["valid"], config.alphas,
-                                     st["test"] if st["test"].n else None)
-            except ProbestoreError as exc:
-                rows += _failed_rows(job, rcv_specs, sample, _error_text(exc))
-            else:
-                seconds = (t_rcv + time.perf_counter() - t0) / len(rcv_specs)
-                r, w, a = _rcv_rows(job, rcv_specs, sample, res, seconds, want_weights)
-                rows += r
-                weights.update(w)
-                attrs.update(a)
+            st = {s: acc[s].stats() for s in SPLITS}
+            lo = 0
+            for group, specs in reg_groups.items():
+                cols = np.arange(lo, lo + len(specs))
+                lo += len(specs)
+                t0 = time.perf_counter()
+                try:
+                    if st["train"].n == 0 or st["valid"].n == 0:
+                        raise _empty_split([s for s in ("train", "valid") if st[s].n == 0])
+                    sub = {s: _stats_columns(st[s], cols) for s in SPLITS}
+                    test = sub["test"] if sub["test"].n else None
+                    res = fit_ols_stats(sub["train"], sub["valid"], test) if group == "rcv_ols" else \
+                        fit_ridge_path(sub["train"], sub["valid"], config.alphas, test)
+                except ProbestoreError as exc:
+                    rows += _failed_rows(job, specs, sample, _error_text(exc))
+                else:
+                    seconds = (t_rcv * len(specs) / len(rcv_specs) + time.perf_counter() - t0) / len(specs)
+                    r, w, a = _rcv_rows(job, specs, sample, res, seconds, want_weights)
+                    rows += r
+                    weights.update(w)
+                    attrs.update(a)
     if clf_specs:
         test_idx = sample.split_index["test"]
 
@@ -540,11 +640,12 @@ def run_block(store_path: str, job: BlockJob, sample: SampleData, config: Analys
                 rows += r
                 weights.update(w)
                 attrs.update(a)
-            if "rcv" in groups:
-                r, w, a = fit_rcv_group(job, groups["rcv"], sample, Xs, config, want_weights=want_weights)
-                rows += r
-                weights.update(w)
-                attrs.update(a)
+            for group in ("rcv", "rcv_ols"):
+                if group in groups:
+                    r, w, a = fit_rcv_group(job, groups[group], sample, Xs, config, want_weights=want_weights)
+                    rows += r
+                    weights.update(w)
+                    attrs.update(a)
             if "mdl" in groups:
                 rows += fit_mdl_group(job, groups["mdl"], sample, Xs["train"], config)
     return BlockOutcome(job.key, rows, weights, attrs, time.perf_counter() - t0, streamed)

@@ -212,24 +212,74 @@ def _local(config: AnalysisConfig, workers: int, threads: int, log):
     except ImportError:
         dashboard = None
     env = {k: str(threads) for k in BLAS_ENV}
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host=config.host,
-        dashboard_address=dashboard,
-        memory_limit=config.memory_limit,
-        env=env,
-        silence_logs=logging.ERROR,
-    )
+    with _sigint_ignored():  # workers spawned now inherit "ignore"; dask_setup keeps it so in restarted ones
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host=config.host,
+            dashboard_address=dashboard,
+            memory_limit=config.memory_limit,
+            env=env,
+            silence_logs=logging.ERROR,
+            preload=[__name__],
+        )
     try:
         with Client(cluster) as client:
             ex = DaskExecutor(client, f"local Dask cluster: {workers} worker(s) × {threads} BLAS thread(s) "
                                       f"on {config.host}")
             _announce(ex, log)
             yield ex, config.replace(threads_per_worker=threads)
+    except KeyboardInterrupt:
+        _silence_distributed()
+        raise
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while the embedded cluster's worker processes are spawned.
+
+    An ignored signal stays ignored across ``exec`` (and Python then installs no
+    KeyboardInterrupt handler), so a Ctrl-C that arrives while a worker is still
+    importing cannot kill it with a traceback, nor leave it orphaned by aborting the
+    cluster's start. The price: a Ctrl-C during those seconds of start-up (before the
+    "analysis: local Dask cluster" line) is ignored; press it again once the cluster is up.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def dask_setup(worker: Any) -> None:
+    """Worker preload hook (``preload=["analyze.cluster"]``): leave Ctrl-C to the analysis.
+
+    Why: Ctrl-C in a terminal goes to the whole process group. Worker processes that
+    receive it die mid-task and print dozens of lines of tracebacks before the CLI's one
+    line. Ignoring SIGINT in every worker of the embedded cluster (restarted ones too:
+    the hook runs in each new worker, in its main thread) leaves the interruption to the
+    analysis process, which stops the cluster in order when it unwinds.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _silence_distributed() -> None:
+    """After Ctrl-C: the cluster's shutdown logs lost connections and cancelled tasks, as expected."""
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _remote(config: AnalysisConfig, log):
@@ -251,6 +301,9 @@ def _remote(config: AnalysisConfig, log):
                                   f"({len(client.scheduler_info(n_workers=-1)['workers'])} worker(s))")
         _announce(ex, log)
         yield ex, config
+    except KeyboardInterrupt:
+        _silence_distributed()
+        raise
     finally:
         client.close()
 

@@ -42,12 +42,16 @@ def _register_analyze(subparsers) -> None:
     g.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,input'")
     g.add_argument("--targets", metavar="PATTERNS", help="continuous concept targets for RCVs")
     g.add_argument("--probes", metavar="KINDS",
-                   help="subset of classifier,control,rcv,outputs,mdl (default: all but mdl)")
+                   help="subset of classifier,control,rcv,rcv_ols,outputs,mdl (default: all but mdl and rcv_ols)")
     g.add_argument("--retry-failed", action="store_true", default=None,
                    help="fit again the probes recorded as failed")
     h = p.add_argument_group("probe settings")
-    h.add_argument("--Cs", metavar="LIST", help="classifier inverse L2 strengths, e.g. 1e-3,1e-2,0.1,1")
-    h.add_argument("--alphas", metavar="LIST", help="RCV ridge penalties, e.g. 0.1,1,10,100")
+    h.add_argument("--Cs", metavar="LIST",
+                   help="classifier inverse L2 strengths, e.g. 1e-3,1e-2,0.1,1 (default 1e-4,1e-3,...,100: 7 "
+                        "values); widen it when the summary warns that probes chose its edge")
+    h.add_argument("--alphas", metavar="LIST",
+                   help="RCV ridge penalties, e.g. 0.1,1,10,100 (default 1e-3 .. 1e5, 15 log-spaced values); "
+                        "widen it when the summary warns that probes chose its edge")
     h.add_argument("--control-seed", type=int, metavar="N")
     h.add_argument("--max-iter", type=int, metavar="N", help="classifier solver iterations per C")
     h.add_argument("--mdl-C", type=float, metavar="C", dest="mdl_C", help="fixed C of the MDL probes (default 1)")
@@ -185,6 +189,6 @@ def report_command(args: argparse.Namespace) -> int:
                             fix="run `probestore analyze STORE -o RESULTS` first")
     path = build_report(args.results, args.store, args.out, similarity_path=args.similarity,
                         embedding_method=args.embedding, embedding_layer=args.embedding_layer,
-                        embedding_checkpoints=args.embedding_checkpoints, tcav_path=args.tcav)
+                        embedding_checkpoints=args.embedding_checkpoints, tcav_path=args.tcav, log=print)
     print(f"report: {path}")
     return 0

@@ -11,9 +11,9 @@ Example (every key optional)::
     [analysis]
     Cs = [1e-4, 1e-3, 1e-2, 1e-1, 1, 10, 100]   # inverse L2 strengths of the classifier probes
     alphas = [1e-3, 1e-2, 0.1, 1, 10, 100, 1e3, 1e4, 1e5]  # ridge penalties of the RCVs
-    control_seed = 0          # seed of the control task's random relabeling
+    control_seed = 0          # seed of the control labels (one per sample type; analyze.controls)
     max_iter = 1000           # iterations of the classifier solver per C
-    probes = ["classifier", "control", "rcv", "outputs"]   # add "mdl" for online-code MDL probes
+    probes = ["classifier", "control", "rcv", "outputs"]   # add "mdl" (online-code MDL), "rcv_ols" (OLS RCVs)
     mdl_C = 1.0               # fixed inverse L2 strength of the MDL probes
     mdl_seed = 0              # seed of the MDL transmission order
     runs = ["generalizing", "memorizing-*"]      # fnmatch patterns; default: all
@@ -46,7 +46,8 @@ import numpy as np
 from storage_schema.errors import ConfigError, did_you_mean
 from storage_schema.validation import check_keys, check_range, check_type
 
-PROBE_KINDS = ("classifier", "control", "rcv", "outputs", "mdl")
+#: ``rcv_ols``: the RCVs by ordinary least squares, as Graziani et al. fitted them (opt-in).
+PROBE_KINDS = ("classifier", "control", "rcv", "rcv_ols", "outputs", "mdl")
 #: Probes fitted when ``probes`` is not given. MDL is left out: it adds about two more
 #: classifier fits per block (at one C) and most analyses only need accuracies.
 DEFAULT_PROBES = ("classifier", "control", "rcv", "outputs")
@@ -68,13 +69,14 @@ class AnalysisConfig:
         strength of ``LogisticRegression``; ``alpha`` is ``Ridge``'s penalty, both on
         train-standardized features.
     control_seed : int
-        Seed of the control labels (Hewitt & Liang): fixed so reruns and workers agree.
+        Seed of the control labels (Hewitt & Liang: one random label per sample type of
+        the store, :mod:`analyze.controls`): fixed so reruns and workers agree.
     max_iter : int or None
         Solver iterations per C (None: the solver's default).
     tol : float or None
         Solver tolerance (None: the solver's default).
     probes : tuple of str
-        Subset of ``PROBE_KINDS`` (default ``DEFAULT_PROBES``: all but ``"mdl"``).
+        Subset of ``PROBE_KINDS`` (default ``DEFAULT_PROBES``: all but ``"mdl"`` and ``"rcv_ols"``).
     mdl_C : float
         Inverse L2 strength of every MDL probe (fixed, not selected: see
         :mod:`analyze.mdl`).

@@ -9,6 +9,11 @@ rerunning the same command fits the rest and merges everything into the same tab
 
 A block whose task raised something other than a data problem (a worker that died
 too often, an I/O error) is not recorded: the summary lists it and a rerun retries it.
+A block the store declares complete but that cannot be read (array deleted, chunks
+lost: :mod:`analyze.block_checks`, or a store error while reading) becomes ``failed``
+rows with the reason, is retried by every rerun, and makes the exit status non-zero:
+no planned probe is ever silently absent. Rows measured on degenerate splits are
+flagged by :mod:`analyze.split_checks` as they come back.
 
 Determinism: every block is fitted from its own data only (no warm start from the
 previous checkpoint's solution, which would chain the blocks of a layer and make the
@@ -21,6 +26,7 @@ scheduler or the order in which blocks finish.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -33,8 +39,15 @@ from analyze.block_task import BlockOutcome, build_sample_data, run_block
 from analyze.cluster import check_store_visible, open_executor
 from analyze.config import AnalysisConfig
 from analyze.jobs import Plan, format_plan, plan_jobs
-from analyze.results import ResultsWriter, default_results_path, results_paths, write_weights
-from storage_schema.errors import ProbestoreError
+from analyze.results import (
+    UNREADABLE_BLOCK,
+    ResultsWriter,
+    default_results_path,
+    results_paths,
+    write_weights,
+)
+from analyze.split_checks import DEGENERATE, SplitChecker
+from storage_schema.errors import ConfigError, FingerprintMismatchError, ProbestoreError
 from storage_schema.store import open_store
 
 
@@ -50,32 +63,96 @@ class AnalysisSummary:
     probes_skipped: int = 0
     status_counts: Counter = field(default_factory=Counter)
     lost_blocks: list[tuple[str, str]] = field(default_factory=list)
+    #: names of lost blocks whose error a rerun cannot fix (the store or its data)
+    stuck_blocks: set[str] = field(default_factory=set)
+    #: (block, reason): declared complete by the store but unreadable; recorded as failed rows
+    failed_blocks: list[tuple[str, str]] = field(default_factory=list)
+    #: first message of the rows flagged degenerate_split in this run
+    degenerate_example: str = ""
     seconds: float = 0.0
     rows: int = 0
     executor: str = ""
+    #: (hyperparameter, "low" | "high") -> probes of the table whose selected value is a grid edge
+    grid_edges: Counter = field(default_factory=Counter)
 
     @property
     def complete(self) -> bool:
-        return not self.lost_blocks
+        """Every planned block fitted (rows flagged degenerate_split or failed per probe still count)."""
+        return not self.lost_blocks and not self.failed_blocks
 
     def format(self) -> str:
         rate = self.probes_written / self.seconds if self.seconds > 0 else 0.0
         status = ", ".join(f"{k} {v}" for k, v in sorted(self.status_counts.items())) or "none"
         lines = [
-            f"analysis: {self.blocks_done}/{self.blocks_total} blocks fitted, {self.probes_written} probes "
+            f"analysis: {self.blocks_done}/{self.blocks_total} blocks fitted"
+            + (f", {len(self.failed_blocks)} unreadable (recorded as failed)" if self.failed_blocks else "")
+            + f", {self.probes_written} probes "
             f"({status}) in {self.seconds:.1f} s ({rate:.1f} probes/s); {self.probes_skipped} probes already "
             f"present were skipped",
             f"analysis: results table {self.results} ({self.rows} rows) and its CSV export",
         ]
+        if self.grid_edges:
+            lines.append(self.grid_edge_warning())
+        lines += self._problem_lines()
+        return "\n".join(lines)
+
+    def _problem_lines(self) -> list[str]:
+        """What went wrong, and what will help: a rerun only helps with transient failures."""
+        lines = []
+        if self.status_counts.get(DEGENERATE):
+            lines.append(f"analysis: WARNING {self.status_counts[DEGENERATE]} probe(s) have status {DEGENERATE} "
+                         f"(kept out of the report's figures), e.g. {self.degenerate_example}")
+        for name, why in self.failed_blocks[:10]:
+            lines.append(f"analysis: FAILED {why if why.startswith(name) else f'{name}: {why}'}")
+        if self.failed_blocks:
+            lines.append(f"analysis: {len(self.failed_blocks)} block(s) that the store declares complete could not "
+                         f"be read; their probes are recorded as failed. {UNREADABLE_FIX}")
         for name, why in self.lost_blocks[:10]:
             lines.append(f"analysis: NOT DONE {name}: {why}")
-        if self.lost_blocks:
-            lines.append(f"analysis: {len(self.lost_blocks)} block(s) not done; rerun the same command to retry them")
-        return "\n".join(lines)
+        stuck = [n for n, _ in self.lost_blocks if n in self.stuck_blocks]
+        transient = len(self.lost_blocks) - len(stuck)
+        if transient:
+            lines.append(f"analysis: {transient} block(s) not done (a worker died or an I/O error occurred); "
+                         "rerun the same command to retry them")
+        if stuck:
+            lines.append(f"analysis: {len(stuck)} block(s) not done because of the store or its data: a rerun "
+                         "alone will not help; do what the reason above says (`probestore validate STORE` "
+                         "lists damage)")
+        return lines
+
+    def grid_edge_warning(self) -> str:
+        """One line: how many probes chose the edge of their grid, and how to widen it."""
+        parts = [f"{n} at the {'smallest' if edge == 'low' else 'largest'} {hp}"
+                 for (hp, edge), n in sorted(self.grid_edges.items())]
+        total = sum(self.grid_edges.values())
+        return (f"analysis: WARNING {total} probe(s) selected the edge of their grid ({', '.join(parts)}): the "
+                "optimum may lie outside it (column grid_edge); widen the grid with --Cs / --alphas or "
+                "Cs / alphas in [analysis], and write to a new results path (-o)")
+
+
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".json")
+UNREADABLE_FIX = ("Repair the store (`probestore validate STORE` lists the damage; re-extract the damaged "
+                  "checkpoints), then rerun the same command: unreadable blocks are retried on every run")
 
 
 def resolve_results_path(store_path: str | Path, config: AnalysisConfig) -> Path:
-    return Path(config.results) if config.results else default_results_path(store_path)
+    """The results table; only ``.parquet`` (its CSV export is written beside it).
+
+    Why refuse ``-o res.csv``: the table is Parquet (it carries the dataset fingerprint
+    and probe settings that make resuming safe), so writing it under a ``.csv`` name
+    gave a file that every CSV reader, ``probestore report`` included, fails on.
+    """
+    path = Path(config.results) if config.results else default_results_path(store_path)
+    if path.suffix.lower() != ".parquet":
+        stem = path.with_suffix("") if path.suffix.lower() in _TEXT_SUFFIXES else path
+        raise ConfigError(
+            "the results table must be a .parquet file",
+            where=f"-o/--results {path}",
+            expected="a path ending in .parquet (the CSV export is written beside it, same name, .csv)",
+            got=repr(path.suffix or "no suffix"),
+            fix=f"use -o {stem}.parquet: {stem}.csv is written beside it",
+        )
+    return path
 
 
 def plan_analysis(store_path: str | Path, config: AnalysisConfig) -> tuple[Plan, set[str]]:
@@ -94,6 +171,8 @@ def dry_run(store_path: str | Path, config: AnalysisConfig) -> str:
     pending = plan.pending(done)
     already = len(set(plan.probe_ids()) & done)
     text = format_plan(pending, max_block_bytes=config.max_block_bytes, done=already)
+    for why in list(pending.unreadable.values())[:10]:
+        text += f"\n  unreadable (its probes will be recorded as failed): {why}"
     return text + f"\n  results: {resolve_results_path(store_path, config)}"
 
 
@@ -147,11 +226,13 @@ def run_analysis(
             "analysis": config.to_dict(),
             "settings": config.probe_settings(),
         }
-        writer = ResultsWriter(results_path, metadata).acquire()
+        with results_write_errors(results_path):
+            writer = ResultsWriter(results_path, metadata).acquire()
         try:
             done = writer.done_ids(retry_failed=config.retry_failed)
             pending = plan.pending(done)
             sample = build_sample_data(store, pending, config)
+            checker = SplitChecker(sample, store.dataset.class_names)
         except BaseException:
             writer.release()
             raise
@@ -160,23 +241,32 @@ def run_analysis(
     summary.blocks_skipped = len(plan.jobs) - len(pending.jobs)
     try:
         if pending.jobs:
-            _run_pending(store_path, pending, sample, config, client, progress, log, writer, done, summary)
+            _run_pending(store_path, pending, sample, config, client, progress, log, writer, done, summary,
+                         checker=checker)
         with results_write_errors(results_path):
             table = writer.finalize()
     finally:
         writer.release()
     summary.rows = len(table)
+    edges = table[(table["grid_edge"] != "") & (table["status"] != "failed")] if "grid_edge" in table else table[:0]
+    summary.grid_edges = Counter(zip(edges["hyperparameter"], edges["grid_edge"]))
     summary.seconds = time.perf_counter() - t_start
     log(summary.format())
     return summary
 
 
-def _run_pending(store_path, pending: Plan, sample, config, client, progress, log, writer, done, summary):
+def _run_pending(store_path, pending: Plan, sample, config, client, progress, log, writer, done, summary, *,
+                 checker: SplitChecker):
     """Submit the pending blocks and record each as it finishes."""
     want_weights = bool(config.save_weights)
     weights_path = results_paths(writer.path)["weights"]
+    for job in (j for j in pending.jobs if j.key in pending.unreadable):  # nothing to submit: record why
+        _record_unreadable(job, pending.unreadable[job.key], sample, writer, summary)
     # Largest blocks first: the last tasks to finish are short ones (better packing).
-    jobs = sorted(pending.jobs, key=lambda j: -j.read_bytes * max(1, len(j.probes)))
+    jobs = sorted((j for j in pending.jobs if j.key not in pending.unreadable),
+                  key=lambda j: -j.read_bytes * max(1, len(j.probes)))
+    if not jobs:
+        return
     with open_executor(config, len(jobs), client=client, log=log) as (executor, task_config):
         summary.executor = executor.description
         check_store_visible(executor, store_path)
@@ -185,17 +275,27 @@ def _run_pending(store_path, pending: Plan, sample, config, client, progress, lo
         try:
             for task in executor.map_unordered(run_block, store_path, jobs, sample, task_config, want_weights):
                 job = task.item
-                if task.error is not None:
+                if _is_block_data_error(task.error):
+                    _record_unreadable(job, f"{job.name}: {task.error}", sample, writer, summary)
+                elif task.error is not None:
                     summary.lost_blocks.append((job.name, _describe(task.error)))
+                    if isinstance(task.error, ProbestoreError):
+                        summary.stuck_blocks.add(job.name)
                 else:
                     outcome: BlockOutcome = task.value
+                    outcome.rows = checker.flag(outcome.rows)
+                    summary.degenerate_example = summary.degenerate_example or next(
+                        (r["message"] for r in outcome.rows if r["status"] == DEGENERATE), "")
                     rows = [r for r in outcome.rows if r["probe_id"] not in done]
                     with results_write_errors(writer.path):
                         if want_weights and outcome.weights:
                             keep = {r["probe_id"] for r in rows}
                             write_weights(weights_path, {k: v for k, v in outcome.weights.items() if k in keep},
                                           outcome.weight_attrs)
-                        writer.write_part(job.key, rows)  # weights first: a part implies its weights
+                        # The whole refitted group is written: a row already present comes back with the
+                        # same numbers, plus what its missing partner adds (selectivity once a failed
+                        # control probe is retried); the newest copy wins the merge.
+                        writer.write_part(job.key, outcome.rows)  # weights first: a part implies its weights
                     summary.blocks_done += 1
                     summary.probes_written += len(rows)
                     summary.status_counts.update(r["status"] for r in rows)
@@ -222,9 +322,42 @@ def results_write_errors(results_path: Path):
             f"cannot write the analysis results ({reason})",
             where=str(results_path),
             got=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-            fix="free disk space (or choose a writable -o/--results path) and rerun the same command: "
-                "blocks already written are kept and skipped",
-        ) from exc
+            fix=f"{write_fix(exc, '-o/--results path')} and rerun the same command: blocks already written are "
+                "kept and skipped",
+        ) from None
+
+
+def write_fix(exc: OSError, option: str) -> str:
+    """What helps with an OS error on writing: space, permissions, or a file in the way."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"free disk space (or choose another {option})"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"choose a {option} in a directory you can write (or make this one writable)"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"a file or folder is in the way ({exc.filename}): choose another {option} (or move it)"
+    return f"choose another {option} (or fix the cause above)"
+
+
+def _is_block_data_error(exc: BaseException | None) -> bool:
+    """The task could not read its block (damaged store), as opposed to a transient failure.
+
+    Fitting errors never get here (they become failed rows inside the task); a store
+    that changed during the analysis (fingerprint) is not a block's problem.
+    """
+    return isinstance(exc, ProbestoreError) and not isinstance(exc, FingerprintMismatchError)
+
+
+def _record_unreadable(job, reason: str, sample, writer: ResultsWriter, summary: AnalysisSummary) -> None:
+    """Failed rows for every probe of a block that cannot be read, so that none is silently absent."""
+    from analyze.block_task import _failed_rows
+
+    text = reason if "fix:" in reason else f"{reason}; fix: {UNREADABLE_FIX[0].lower()}{UNREADABLE_FIX[1:]}"
+    rows = _failed_rows(job, job.probes, sample, UNREADABLE_BLOCK + text)
+    with results_write_errors(writer.path):
+        writer.write_part(job.key, rows)
+    summary.failed_blocks.append((job.name, reason.split("; fix:")[0]))
+    summary.probes_written += len(rows)
+    summary.status_counts.update(r["status"] for r in rows)
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,9 +7,12 @@ are cheap next to reading features). Per feature block:
 - ``classifier`` / ``true_labels``: the classifier probe on the dataset's labels;
 - ``classifier`` / ``train_labels``: on the labels the model was trained on, only when
   the run has corrupted samples (otherwise the two label sets are the same);
-- ``control`` / ``control_labels``: the probe on a fixed random relabeling (Hewitt &
-  Liang's control task), which measures what the probe memorizes;
+- ``control`` / ``control_labels``: the probe on Hewitt & Liang's control task (one
+  seeded random label per recurring sample type, at the true-label probe's C), which
+  measures what the probe can memorize;
 - ``rcv`` / *concept*: one ridge RCV per continuous concept target;
+- ``rcv_ols`` / *concept*: the same RCVs by ordinary least squares (Graziani et al.'s
+  fit, no penalty), only when asked for;
 - ``mdl`` / ``true_labels`` (and ``train_labels`` for corrupted runs): the online-code
   description length of the labels (:mod:`analyze.mdl`), only when asked for.
 
@@ -34,21 +37,22 @@ from typing import Any
 
 import numpy as np
 
+from analyze.block_checks import unreadable_blocks
 from analyze.config import AnalysisConfig
 from analyze.results import probe_id
 from storage_schema import layout
 from storage_schema.errors import ConfigError, NotFoundError, did_you_mean
 
 #: probe kind -> the group it is fitted in
-GROUP_OF = {"classifier": "classifier", "control": "classifier", "rcv": "rcv", "model_output": "outputs",
-            "mdl": "mdl"}
+GROUP_OF = {"classifier": "classifier", "control": "classifier", "rcv": "rcv", "rcv_ols": "rcv_ols",
+            "model_output": "outputs", "mdl": "mdl"}
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
     """One row of the results table to produce."""
 
-    probe: str  # classifier | control | rcv | model_output | mdl
+    probe: str  # classifier | control | rcv | rcv_ols | model_output | mdl
     target: str  # true_labels | train_labels | control_labels | concept name
 
     @property
@@ -114,6 +118,8 @@ class Plan:
     jobs: list[BlockJob]
     targets: tuple[str, ...] = ()
     stored_bytes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    #: key -> why a block of a complete checkpoint cannot be read (its probes become failed rows)
+    unreadable: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def probe_counts(self) -> Counter:
         return Counter(p.probe for j in self.jobs for p in j.probes)
@@ -217,6 +223,7 @@ def plan_jobs(store, config: AnalysisConfig) -> Plan:
     runs = _select(store.runs(), config.runs, "run", f"{where} (--runs)")
     jobs: list[BlockJob] = []
     stored: dict[tuple[str, str, str], int] = {}
+    unreadable: dict[tuple[str, str, str], str] = {}
     ckpt_names_seen: set[str] = set()
     layer_names_seen: set[str] = set()
     ckpt_matched: set[str] = set()
@@ -268,6 +275,13 @@ def plan_jobs(store, config: AnalysisConfig) -> Plan:
                     dtype=b.dtype, chunk_rows=int(b.chunk_rows), reduction="none", probes=specs, **common,
                 ))
                 stored[jobs[-1].key] = store.stored_bytes(run, ckpt.name, layout.OUTPUTS)
+            for bad in unreadable_blocks(store, run, ckpt.name, {b.name for b in blocks}):
+                layer_names_seen.update([bad.name] if bad.kind == "features" else [])
+                job = _unreadable_job(bad, probes, has_corrupted, targets, config.layers, len(features), common)
+                if job is not None:
+                    layer_matched.update([bad.name] if bad.kind == "features" else [])
+                    jobs.append(job)
+                    unreadable[job.key] = bad.reason
     _check_matched(config.checkpoints, ckpt_names_seen, ckpt_matched, "checkpoint", where)
     _check_matched(config.layers, layer_names_seen, layer_matched, "layer", where)
     jobs.sort(key=lambda j: (j.run, j.epoch, j.checkpoint, j.layer_index, j.layer))
@@ -279,7 +293,27 @@ def plan_jobs(store, config: AnalysisConfig) -> Plan:
         jobs=jobs,
         targets=targets,
         stored_bytes=stored,
+        unreadable=unreadable,
     )
+
+
+def _unreadable_job(bad, probes, has_corrupted, targets, layer_patterns, n_layers, common) -> BlockJob | None:
+    """The job of a block that cannot be read: the probes it would have (see analyze.block_checks)."""
+    if bad.kind == "logits":
+        if "outputs" not in probes:
+            return None
+        specs: tuple[ProbeSpec, ...] = (ProbeSpec("model_output", "true_labels"),)
+        specs += (ProbeSpec("model_output", "train_labels"),) if has_corrupted else ()
+        layer, index = layout.OUTPUTS, n_layers + 1
+    else:
+        if layer_patterns is not None and not any(fnmatch.fnmatchcase(bad.name, p) for p in layer_patterns):
+            return None
+        specs = _feature_probes(probes, has_corrupted, targets)
+        layer, index = bad.name, n_layers
+    if not specs:
+        return None
+    return BlockJob(layer=layer, layer_index=index, n_features=max(bad.n_features, 0), dtype="", chunk_rows=1,
+                    reduction="unknown", probes=specs, **common)
 
 
 def _check_matched(patterns, seen, matched, what, where) -> None:
@@ -307,6 +341,8 @@ def _feature_probes(probes: set[str], has_corrupted: bool, targets: Sequence[str
         specs.append(ProbeSpec("control", "control_labels"))
     if "rcv" in probes:
         specs.extend(ProbeSpec("rcv", t) for t in targets)
+    if "rcv_ols" in probes:
+        specs.extend(ProbeSpec("rcv_ols", t) for t in targets)
     if "mdl" in probes:
         specs.append(ProbeSpec("mdl", "true_labels"))
         if has_corrupted:
@@ -337,7 +373,7 @@ def format_plan(plan: Plan, *, max_block_bytes: int, done: int = 0, max_lines: i
         f"plan: {plan.store} (dataset {plan.dataset!r}, {plan.n_samples} samples, {plan.n_classes} classes)",
         f"  runs: {len(runs)}, checkpoints: {len(ckpts)}, blocks: {len(features)} feature + {len(outputs)} outputs",
         "  probes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("classifier", "control", "rcv", "model_output")
-                              + (("mdl",) if counts.get("mdl") else ()))
+                              + tuple(k for k in ("rcv_ols", "mdl") if counts.get(k)))
         + f" (total {plan.n_probes})",
         f"  concept targets: {', '.join(plan.targets) if plan.targets else 'none'}",
         f"  read: {_fmt_bytes(mem)} as float32 ({_fmt_bytes(disk)} on disk); largest block {_fmt_bytes(largest)}; "

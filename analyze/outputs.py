@@ -79,7 +79,9 @@ def model_output_metrics(
     if not np.isfinite(logits).all():
         bad = int((~np.isfinite(logits)).any(axis=1).sum())
         raise DataError("logits contain NaN or Inf", where="outputs block", got=f"{bad} rows",
-                        fix="the checkpoint diverged, or the logits overflowed float16; re-extract as float32")
+                        fix="the checkpoint diverged, or the logits overflowed float16: set [extract] "
+                            "dtype = \"float32\" and re-create the store with `probestore extract CONFIG "
+                            "--overwrite`")
     has_corrupted = corrupted is not None and bool(np.any(corrupted))
     out: dict[str, dict[str, float]] = {}
     for name, y in labelings.items():

@@ -3,8 +3,9 @@
 Schema (shared with ``analyze/report``; keep in step with :data:`COLUMNS`): the key
 ``probe_id = "run/checkpoint/layer/probe/target"`` is unique (store names never contain
 ``/``), then the block's identity, the chosen hyperparameter, metrics per split, sample
-counts, fit time, ``status`` (``"ok"``, ``"failed"``, ``"not_converged"``) and
-``message``. Errors are fractions in [0, 1]; metrics a probe does not have are NaN.
+counts, fit time, ``status`` (``"ok"``, ``"not_converged"``, ``"degenerate_split"``,
+``"failed"``) and ``message`` (why a row is not ``ok``). Errors are fractions in
+[0, 1]; metrics a probe does not have are NaN.
 
 Durability: every finished block is written at once as a small Parquet file in
 ``<results>.parts/`` (temp file + ``os.replace``, so a part is whole or absent). At the
@@ -38,7 +39,10 @@ import pandas as pd
 from storage_schema.errors import ConfigError, FingerprintMismatchError, StoreFormatError
 
 RESULTS_FORMAT = "probestore-results"
-RESULTS_VERSION = "1.0"
+#: 1.1: control probes on sample types at the task probe's C, selectivity per split,
+#: training-label C chosen on an inner split of train, ``grid_edge`` (numbers of 1.0
+#: tables are not comparable: they are never merged, see ``ResultsWriter``).
+RESULTS_VERSION = "1.1"
 METADATA_KEY = b"probestore"
 
 _STR = "str"  # pandas' default string dtype (round-trips through Parquet unchanged)
@@ -59,12 +63,16 @@ COLUMNS: dict[str, str] = {
     "probe": _STR,
     "hyperparameter": _STR,
     "hyperparameter_value": _F,
+    # "low" / "high": the selected C or alpha is the smallest / largest of its grid (the
+    # optimum may lie outside it; widen the grid); "" otherwise or when not selected
+    "grid_edge": _STR,
     **{f"{split}_{m}": _F for m in ("error",) for split in ("train", "valid", "test")},
     **{f"{split}_top5_error": _F for split in ("train", "valid", "test")},
     **{f"{split}_loss": _F for split in ("train", "valid", "test")},
     **{f"{split}_r2": _F for split in ("train", "valid", "test")},
     **{f"{split}_mspe": _F for split in ("train", "valid", "test")},
     "selectivity_train": _F,
+    "selectivity_valid": _F,
     "selectivity_test": _F,
     "clean_error": _F,
     "corrupted_error": _F,
@@ -79,8 +87,15 @@ COLUMNS: dict[str, str] = {
     "mdl_uniform_bits": _F,
     "mdl_compression": _F,
 }
-STATUSES = ("ok", "not_converged", "failed")
-PROBES = ("classifier", "control", "rcv", "model_output", "mdl")
+#: Best first (the order decides which duplicate row wins in :func:`finalize_frame`);
+#: ``degenerate_split``: fitted, but a split used for selection or reporting lacks
+#: classes present in train, or the test split is empty (:mod:`analyze.split_checks`).
+STATUSES = ("ok", "not_converged", "degenerate_split", "failed")
+#: Message prefix of the failed rows of a block the store declares complete but that
+#: cannot be read (array missing, chunks lost): retried by every rerun, because the fix
+#: is to repair the store, not to change the analysis.
+UNREADABLE_BLOCK = "block unreadable: "
+PROBES = ("classifier", "control", "rcv", "rcv_ols", "model_output", "mdl")
 #: Columns whose value may change between two runs of the same analysis.
 NONDETERMINISTIC_COLUMNS = ("fit_seconds",)
 
@@ -154,7 +169,7 @@ def finalize_frame(df: pd.DataFrame) -> pd.DataFrame:
 
     A probe can appear twice after a crash between merging and deleting parts (two
     identical rows), or after ``retry_failed`` (a failed row and its refit): the row
-    with the best status wins (ok, then not_converged, then failed), and among equals
+    with the best status wins (in the order of :data:`STATUSES`), and among equals
     the one that comes last in ``df`` (the newest, when frames are concatenated oldest
     first).
     """
@@ -190,7 +205,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The probestore metadata of a results Parquet file (``{}`` if it has none)."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise unreadable_table(path, exc) from None
     raw = meta.get(METADATA_KEY)
     if raw is None:
         return {}
@@ -207,7 +227,30 @@ def read_table(path: str | Path) -> pd.DataFrame:
         strings = {c: str for c, d in COLUMNS.items() if d == _STR}
         numbers = {c: ["", "nan", "NaN"] for c, d in COLUMNS.items() if d != _STR}
         return conform(pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=numbers))
-    return conform(pd.read_parquet(path))
+    try:
+        return conform(pd.read_parquet(path))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise unreadable_table(path, exc) from None
+
+
+def unreadable_table(path: str | Path, exc: BaseException) -> StoreFormatError:
+    """A results table that exists but is no Parquet file (empty, truncated, overwritten).
+
+    Why a separate error: ``pyarrow`` says ``ArrowInvalid: Parquet magic bytes not found``,
+    which names neither the file nor what to do. Moving the file aside loses nothing
+    that a rerun does not recompute (the analysis resumes from its part files).
+    """
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return StoreFormatError(
+        "the results table is not a readable Parquet file (empty, truncated or another format)",
+        where=str(path),
+        expected="a .parquet table written by `probestore analyze`",
+        got=f"{type(exc).__name__}: {first}",
+        fix=f"move it aside (mv {path} {path}.damaged) and rerun `probestore analyze` with the same -o, "
+            "which recomputes it, or pass another -o path",
+    )
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path, metadata: Mapping[str, Any]) -> None:
@@ -279,6 +322,7 @@ class ResultsWriter:
         if table.exists():
             found = read_metadata(table)
             self._check_fp(found.get("fingerprint"), str(table))
+            self._check_version(found.get("version"), str(table))
             self._check_settings(found.get("settings"), str(table))
         meta = self.files["parts"] / "_meta.json"
         if meta.exists():
@@ -287,7 +331,26 @@ class ResultsWriter:
             except ValueError:
                 found = {}
             self._check_fp(found.get("fingerprint"), str(meta))
+            self._check_version(found.get("version"), str(meta))
             self._check_settings(found.get("settings"), str(meta))
+
+    def _check_version(self, found: Any, where: str) -> None:
+        """Refuse to merge rows of another results version: their numbers mean other things.
+
+        Parts written before versions were recorded in ``_meta.json`` count as 1.0.
+        """
+        found = str(found or "1.0")
+        mine = str(self.metadata.get("version", RESULTS_VERSION))
+        if found != mine:
+            raise ConfigError(
+                f"the existing results were computed by another probestore (results version {found})",
+                where=where,
+                expected=f"results version {mine} (control probes on sample types at the task probe's C, "
+                         "selectivity per split, training-label C from an inner split of train)",
+                got=f"results version {found}",
+                fix="write to another results path (-o/--results), or delete the old table, its .csv and "
+                    ".parts to recompute",
+            )
 
     def _check_settings(self, found: Any, where: str) -> None:
         mine = self.metadata.get("settings")
@@ -361,7 +424,7 @@ class ResultsWriter:
         if self.files["table"].exists():
             frames.append(read_table(self.files["table"]))
         for part in self._part_files():
-            frames.append(conform(pd.read_parquet(part)))
+            frames.append(read_table(part))
         if not frames:
             return to_frame([])
         return finalize_frame(pd.concat(frames, ignore_index=True))
@@ -369,9 +432,9 @@ class ResultsWriter:
     def done_ids(self, *, retry_failed: bool = False) -> set[str]:
         """probe_ids already present (without failed ones when ``retry_failed``)."""
         df = self.existing()
-        if retry_failed:
-            df = df[df["status"] != "failed"]
-        return set(df["probe_id"].tolist())
+        failed = df["status"] == "failed"
+        retry = failed if retry_failed else failed & df["message"].str.startswith(UNREADABLE_BLOCK)
+        return set(df.loc[~retry, "probe_id"].tolist())
 
     # ------------------------------------------------------------------ writing
     def write_part(self, key: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path | None:
@@ -382,7 +445,8 @@ class ResultsWriter:
         parts.mkdir(parents=True, exist_ok=True)
         meta = parts / "_meta.json"
         if not meta.exists():
-            ident = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings")}
+            ident = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings"),
+                     "version": self.metadata.get("version", RESULTS_VERSION)}
             _atomic_text(lambda p: p.write_text(json.dumps(ident, sort_keys=True, default=str)), meta)
         ids = sorted(r["probe_id"] for r in rows)
         digest = hashlib.sha1(json.dumps([list(key), ids]).encode()).hexdigest()[:16]

@@ -5,6 +5,11 @@ Everything here reads stored arrays only; the network is never needed.
 * **CAV** (Kim et al. 2018): an L2 logistic classifier separating a concept's examples
   from a random counterexample set in one layer's feature space; the CAV is the unit
   normal of its decision boundary (in raw-feature coordinates), pointing to the concept.
+  As in Kim et al.'s reference code (``tcav/cav.py``), a seeded stratified third of each
+  problem's examples is held out of its fit; ``cav_heldout_accuracy`` is the accuracy
+  there (``cav_train_accuracy`` on the fitted two thirds). A random set never
+  counts a concept's own examples as counterexamples: they are dropped from that
+  problem (``n_random_excluded``).
 * **TCAV score** of (class ``k``, concept, layer, checkpoint): the fraction of class
   ``k``'s samples (test split by default) whose directional derivative
   ``⟨grad_own_logit, cav⟩`` is positive. ``grad_own_logit`` is the gradient of the own
@@ -14,10 +19,13 @@ Everything here reads stored arrays only; the network is never needed.
   (``random_1..R``) and ``R`` random-vs-random CAVs (``random_0`` vs ``random_i``); a
   two-sided Welch-free t-test (``scipy.stats.ttest_ind``, equal variances, as Kim et al.)
   of the concept's R scores against the random ones, with Cohen's d and significance at
-  ``alpha`` (optionally Bonferroni-corrected over every test in the table).
+  ``alpha``, Bonferroni-corrected over every test in the table by default
+  (``bonferroni=False`` / ``--no-bonferroni`` turns it off).
 * **RCV sensitivity** (Graziani et al.): the derivative along the unit RCV direction of a
   continuous concept (ridge, :func:`analyze.solvers.ridge.fit_rcv_block`): per class, the
-  mean derivative and the fraction of samples where it is positive.
+  mean derivative and the fraction of samples where it is positive. The mean is
+  ``lift_scale · ⟨grad_own_logit, v⟩`` (SCHEMA.md §6.1): logit per unit move of the
+  reduced features, comparable across layers of different H·W and reductions.
 * **ConExp**: ``E[score_k | concept] - E[score_k | no concept]`` for binary concept targets,
   from the stored logits (or softmax probabilities) only.
 
@@ -51,6 +59,7 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,9 +91,16 @@ class TCAVOptions:
     split : str
         Samples whose TCAV / RCV / ConExp scores are reported.
     alpha : float
-        Significance level.
+        Significance level (family-wise, over every TCAV test of the table, when
+        ``bonferroni``).
     bonferroni : bool
-        Divide ``alpha`` by the number of TCAV tests in the table.
+        Divide ``alpha`` by the number of TCAV tests in the table (default on: a table
+        holds concepts × classes × layers × checkpoints tests, and the report's
+        "significant" marks rely on the correction).
+    holdout : float
+        Fraction of each CAV problem's examples (per side, seeded, stratified) held out
+        from its fit and used for ``cav_heldout_accuracy`` (Kim et al.'s reference code
+        holds out a third, ``tcav/cav.py``).
     C : float
         Inverse L2 strength of the CAV classifiers (scikit-learn's ``C``).
     seed : int
@@ -106,7 +122,8 @@ class TCAVOptions:
     random_size: int = 50
     split: str = "test"
     alpha: float = 0.05
-    bonferroni: bool = False
+    bonferroni: bool = True
+    holdout: float = 1 / 3
     C: float = 1.0
     seed: int = 0
     classes: tuple[str, ...] | None = None
@@ -131,6 +148,9 @@ class TCAVOptions:
             raise ConfigError("alpha must be in (0, 1)", where=f"{where}.alpha", got=self.alpha)
         if not self.C > 0:
             raise ConfigError("C must be > 0", where=f"{where}.C", got=self.C)
+        if not 0 < self.holdout < 0.5:
+            raise ConfigError("holdout must be in (0, 0.5)", where=f"{where}.holdout", got=self.holdout,
+                              fix="e.g. --holdout 0.33 (a third of each CAV's examples, as Kim et al.)")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError("threads must be an integer >= 1", where=f"{where}.threads", got=repr(self.threads))
         if self.conexp_score not in SCORES:
@@ -151,19 +171,23 @@ class CAVFit:
         Unit normals in raw-feature coordinates, pointing to the positive (concept) side.
     coef, intercept : ndarray (P, F), (P,)
         The decision functions on raw features: ``x @ coef[p] + intercept[p]``.
-    accuracy : ndarray (P,)
-        Training accuracy of each classifier on its own examples.
+    train_accuracy : ndarray (P,)
+        Accuracy of each classifier on the examples it was fitted on.
+    heldout_accuracy : ndarray (P,)
+        Accuracy on the problem's held-out examples (``holdout``); NaN without any.
     converged : bool
     """
 
     directions: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
-    accuracy: np.ndarray
+    train_accuracy: np.ndarray
+    heldout_accuracy: np.ndarray
     converged: bool
 
 
 def fit_cavs(X: np.ndarray, masks: np.ndarray, y: np.ndarray, *, C: float = 1.0,
+             holdout: np.ndarray | None = None,
              tol: float = 1e-9, max_iter: int = 100, max_bytes: int = 2**27) -> CAVFit:
     """Fit ``P`` L2 logistic classifiers on row subsets of one matrix, in one call.
 
@@ -191,6 +215,9 @@ def fit_cavs(X: np.ndarray, masks: np.ndarray, y: np.ndarray, *, C: float = 1.0,
     y : ndarray of {0, 1} (P, n)
         Labels (ignored outside the mask).
     C : float
+    holdout : ndarray of bool (P, n), optional
+        Rows of each problem's mask left out of its fit and scored afterwards
+        (:func:`holdout_masks`); the features' centring and scale still use every row.
     tol : float
         Stop a problem when ``max |gradient|`` of ``mean loss + ||w||² / (2 C n_p)`` is
         below ``tol``.
@@ -209,11 +236,17 @@ def fit_cavs(X: np.ndarray, masks: np.ndarray, y: np.ndarray, *, C: float = 1.0,
         Non-finite features, a problem without both classes.
     """
     X = np.asarray(X, dtype=np.float64)
-    masks = np.asarray(masks, dtype=bool)
+    all_rows = np.asarray(masks, dtype=bool)
     y = np.asarray(y, dtype=np.float64)
-    if X.ndim != 2 or masks.ndim != 2 or masks.shape != y.shape or masks.shape[1] != X.shape[0]:
+    if X.ndim != 2 or all_rows.ndim != 2 or all_rows.shape != y.shape or all_rows.shape[1] != X.shape[0]:
         raise DataError("CAV inputs do not align", where="fit_cavs",
-                        expected="X (n, F), masks and y (P, n)", got=f"{X.shape}, {masks.shape}, {y.shape}")
+                        expected="X (n, F), masks and y (P, n)", got=f"{X.shape}, {all_rows.shape}, {y.shape}")
+    held = np.zeros_like(all_rows) if holdout is None else np.asarray(holdout, dtype=bool)
+    if held.shape != all_rows.shape:
+        raise DataError("CAV holdout does not align with the masks", where="fit_cavs",
+                        expected=f"shape {all_rows.shape}", got=f"shape {held.shape}")
+    held = held & all_rows
+    masks = all_rows & ~held
     if not np.isfinite(X).all():
         raise DataError("non-finite features", where="fit_cavs")
     pos = (masks & (y > 0.5)).sum(1)
@@ -242,9 +275,38 @@ def fit_cavs(X: np.ndarray, masks: np.ndarray, y: np.ndarray, *, C: float = 1.0,
     intercept = b - coef @ mean
     norms = np.linalg.norm(coef, axis=1, keepdims=True)
     directions = np.divide(coef, norms, out=np.zeros_like(coef), where=norms > 0)
-    pred = (X @ coef.T + intercept) > 0       # (n, P)
-    acc = ((pred == (y.T > 0.5)) & masks.T).sum(0) / masks.sum(1)
-    return CAVFit(directions, coef, intercept, acc, bool(converged))
+    right = ((X @ coef.T + intercept) > 0) == (y.T > 0.5)       # (n, P)
+    acc = (right & masks.T).sum(0) / masks.sum(1)
+    n_held = held.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        held_acc = np.where(n_held > 0, (right & held.T).sum(0) / n_held, np.nan)
+    return CAVFit(directions, coef, intercept, acc, held_acc, bool(converged))
+
+
+def holdout_masks(masks: np.ndarray, y: np.ndarray, fraction: float, keys: Sequence) -> np.ndarray:
+    """Seeded, stratified held-out rows of each CAV problem (Kim et al.'s held-out third).
+
+    Problem ``p`` holds out ``round(fraction · m)`` of its ``m`` positives and of its
+    negatives (at least 1 of a side with 2 or more examples, never its last one), drawn
+    from ``numpy.random.default_rng(keys[p])``. The keys name the problem (seed, concept,
+    repeat), not its position, so a CAV holds out the same examples on every layer and
+    whichever other concepts are in the run.
+
+    Returns
+    -------
+    ndarray of bool (P, n)
+    """
+    masks = np.asarray(masks, dtype=bool)
+    pos = masks & (np.asarray(y) > 0.5)
+    out = np.zeros_like(masks)
+    for p, key in enumerate(keys):
+        rng = np.random.default_rng(key)
+        for side in (pos[p], masks[p] & ~pos[p]):
+            rows = np.flatnonzero(side)
+            k = min(len(rows) - 1, max(1, int(round(fraction * len(rows))))) if len(rows) >= 2 else 0
+            if k:
+                out[p, rng.choice(rows, size=k, replace=False)] = True
+    return out
 
 
 def _newton_group(Xs, masks, y, m, C, tol, max_iter):
@@ -531,8 +593,9 @@ def tcav_block_task(store_path: str, block: TCAVBlock, plan: TCAVPlan) -> list[d
             rows += _tcav_block(store, run, ckpt, layer, list(plan.concepts), g_cls, list(plan.class_names),
                                 plan.pool, plan.stored_random, plan.opts, base)
         if plan.rcv_targets:
+            scale = _lift_scale(store, run, ckpt, layer)
             rows += _rcv_block(store, run, ckpt, layer, list(plan.rcv_targets), g_cls, list(plan.class_names),
-                               base)
+                               base, scale)
     return rows
 
 
@@ -668,19 +731,21 @@ def _plan(store_path: str, opts: TCAVOptions):
 
 
 def _tcav_block(store, run, ckpt, layer, concepts, g_cls, class_names, pool, stored_random, opts, base):
-
     R = opts.repeats
     if len(stored_random) >= R + 1:
         names = list(stored_random)[: R + 1]
         rand_feats = _read_sets(store, run, ckpt, layer, names, stored_random)
+        rand_keys = [_example_keys(store, s, stored_random[s]) for s in names]
         random_source = "stored sets"
     else:
         sets = draw_random_sets(pool, R + 1, opts.random_size, opts.seed)
         union = np.unique(np.concatenate(sets))
         X_pool = store.read_layer(run, ckpt, layer, union)
         rand_feats = [X_pool[np.searchsorted(union, s)] for s in sets]
+        rand_keys = [_example_keys(store, None, s) for s in sets]
         random_source = f"drawn from train (seed {opts.seed})"
     concept_feats = [_concept_features(store, run, ckpt, layer, c) for c in concepts]
+    concept_keys = [set(_example_keys(store, c.name if c.source == "set" else None, c.rows)) for c in concepts]
     # One matrix: concept examples, then random sets; problems select their rows by mask.
     parts = concept_feats + rand_feats
     offsets = np.cumsum([0] + [len(p) for p in parts])
@@ -693,17 +758,23 @@ def _tcav_block(store, run, ckpt, layer, concepts, g_cls, class_names, pool, sto
         return m
 
     C_ = len(concepts)
-    masks, ys = [], []
+    masks, ys, keys, excluded = [], [], [], np.zeros(C_, dtype=np.int64)
     for ci in range(C_):
-        for r in range(1, R + 1):        # concept vs random_r
+        for r in range(1, R + 1):        # concept vs random_r, without the concept's own examples
             pos, neg = span(ci), span(C_ + r)
+            own = np.array([k in concept_keys[ci] for k in rand_keys[r]], dtype=bool)
+            neg[offsets[C_ + r]:offsets[C_ + r + 1]] &= ~own
+            excluded[ci] += int(own.sum())
             masks.append(pos | neg)
             ys.append(pos)
+            keys.append([opts.seed, 1, zlib.crc32(concepts[ci].name.encode()), r])
     for r in range(1, R + 1):            # random_0 vs random_r (the null distribution)
         pos, neg = span(C_), span(C_ + r)
         masks.append(pos | neg)
         ys.append(pos & ~neg)
-    fit = fit_cavs(X, np.array(masks), np.array(ys, dtype=float), C=opts.C)
+        keys.append([opts.seed, 2, r])
+    masks_a, ys_a = np.array(masks), np.array(ys, dtype=float)
+    fit = fit_cavs(X, masks_a, ys_a, C=opts.C, holdout=holdout_masks(masks_a, ys_a, opts.holdout, keys))
     out = []
     null_dirs = fit.directions[C_ * R:]
     for k_name_idx, g in g_cls.items():
@@ -720,9 +791,25 @@ def _tcav_block(store, run, ckpt, layer, concepts, g_cls, class_names, pool, sto
                         "score_std": stats["std"], "random_mean": stats["random_mean"],
                         "random_std": stats["random_std"], "t": stats["t"], "p_value": stats["p_value"],
                         "effect_size": stats["cohen_d"], "n_concept": int(len(concept_feats[ci])),
-                        "cav_accuracy": float(fit.accuracy[ci * R:(ci + 1) * R].mean()),
+                        "cav_heldout_accuracy": float(fit.heldout_accuracy[ci * R:(ci + 1) * R].mean()),
+                        "cav_train_accuracy": float(fit.train_accuracy[ci * R:(ci + 1) * R].mean()),
+                        "n_random_excluded": int(excluded[ci]),
                         "random_source": random_source, "converged": fit.converged})
     return out
+
+
+def _example_keys(store, set_name: str | None, rows: np.ndarray | None) -> list:
+    """Identities of a set's examples: dataset rows (ints) or an external set's ids ("ext:<id>").
+
+    Dataset examples are the same image exactly when their row is; external examples
+    are compared by their ids (file names) with other external sets only.
+    """
+    if rows is not None:
+        return [int(r) for r in rows]
+    from storage_schema.concept_sets import concept_set_ids
+
+    assert set_name is not None, "an external set has a name"
+    return [f"ext:{i}" for i in concept_set_ids(store, set_name)]
 
 
 def _read_sets(store, run, ckpt, layer, names, rows):
@@ -741,7 +828,29 @@ def _read_sets(store, run, ckpt, layer, names, rows):
     return [out[s] if s in out else read_concept_features(store, run, ckpt, s, layer) for s in names]
 
 
-def _rcv_block(store, run, ckpt, layer, targets, g_cls, class_names, base):
+def _lift_scale(store, run, ckpt, layer) -> float:
+    """The factor that makes ``⟨grad_own_logit, v⟩`` the derivative per unit move of the
+    reduced features along ``v`` (SCHEMA.md §6.1): derived from the layer's reduction by
+    :func:`~storage_schema.validate.lift_scale_for` (stores of schema < 1.2 recorded 1 for
+    ``project:K``), the recorded attribute only when the rule cannot decide.
+    """
+    from storage_schema.concept_sets import extra_attrs
+    from storage_schema.validate import lift_scale_for
+
+    attrs = extra_attrs(store, run, ckpt, layer, GRAD_ARRAY) or {}
+    scale = lift_scale_for(attrs.get("reduction"))
+    if scale is None:
+        recorded = attrs.get("lift_scale")
+        if not isinstance(recorded, (int, float)) or isinstance(recorded, bool) or not recorded > 0:
+            raise DataError("no usable lift_scale for the stored gradients", where=f"{run}/{ckpt}/{layer}",
+                            expected="a linear reduction or a lift_scale > 0 (SCHEMA.md §6.1)",
+                            got=repr(attrs.get("reduction")), fix="`probestore validate STORE` lists the problem")
+        scale = float(recorded)
+    return float(scale)
+
+
+def _rcv_block(store, run, ckpt, layer, targets, g_cls, class_names, base, lift_scale=1.0):
+    """RCV sensitivity rows; derivatives are ``lift_scale`` times the stored inner products."""
     from analyze.solvers.ridge import fit_rcv_block
 
     X = store.read_layer(run, ckpt, layer)
@@ -753,18 +862,27 @@ def _rcv_block(store, run, ckpt, layer, targets, g_cls, class_names, base):
         res = fit_rcv_block(X[idx["train"]], Y[idx["train"]], X[idx["valid"]], Y[idx["valid"]],
                             X[idx["test"]] if len(idx["test"]) else None,
                             Y[idx["test"]] if len(idx["test"]) else None)
-    except DataError:
-        return []
+    except DataError as exc:  # never drop the concept silently: one failed row says why
+        return [_failed_rcv_row(base, layer, t, str(exc), lift_scale) for t in targets]
     out = []
     for ti, t in enumerate(targets):
+        if res.status[ti] != "ok":
+            out.append(_failed_rcv_row(base, layer, t, res.message[ti], lift_scale))
+            continue
         direction = res.direction[ti]
         r2 = float(res.r2_test[ti])
         for k, g in g_cls.items():
             mean, frac = rcv_sensitivity(g, direction)
             out.append({**base, "method": "rcv", "layer": layer, "concept": t, "class_index": int(k),
-                        "class_name": class_names[k], "n_samples": int(len(g)), "score_mean": mean,
-                        "sign_fraction": frac, "rcv_r2_test": r2})
+                        "class_name": class_names[k], "n_samples": int(len(g)), "score_mean": lift_scale * mean,
+                        "sign_fraction": frac, "rcv_r2_test": r2, "lift_scale": lift_scale})
     return out
+
+
+def _failed_rcv_row(base, layer, target, message, lift_scale) -> dict:
+    """The row of an RCV that could not be fitted (e.g. a constant target on train)."""
+    return {**base, "method": "rcv", "layer": layer, "concept": target, "lift_scale": lift_scale,
+            "status": "failed", "message": f"RCV not fitted: {message}"}
 
 
 def _conexp_rows(store, run, ckpt, binary, eval_rows, class_ids, class_names, opts, base):
@@ -786,10 +904,19 @@ def _conexp_rows(store, run, ckpt, binary, eval_rows, class_ids, class_names, op
     return out
 
 
+#: Version of the table's columns (Parquet metadata ``probestore.tcav_table``). 2: the
+#: training ``cav_accuracy`` became ``cav_heldout_accuracy`` (+ ``cav_train_accuracy``),
+#: with ``n_random_excluded``; RCV ``score_mean`` is scaled by the new ``lift_scale``;
+#: Bonferroni on by default; ``status`` / ``message`` (an RCV that cannot be fitted is a
+#: failed row, never dropped).
+TABLE_VERSION = "2"
 COLUMNS = ("method", "run", "checkpoint", "epoch", "layer", "concept", "class_index", "class_name",
            "n_samples", "n_concept", "repeats", "score_mean", "score_std", "random_mean", "random_std",
-           "t", "p_value", "effect_size", "alpha", "significant", "cav_accuracy", "sign_fraction",
-           "rcv_r2_test", "conexp_score", "random_source", "converged")
+           "t", "p_value", "effect_size", "alpha", "significant", "cav_heldout_accuracy", "cav_train_accuracy",
+           "n_random_excluded", "sign_fraction", "rcv_r2_test", "lift_scale", "conexp_score", "random_source",
+           "converged", "status", "message")
+#: ``status`` of a row: ``ok``, or ``failed`` (no number; ``message`` says why).
+STATUSES = ("ok", "failed")
 
 
 def write_table(rows: list[dict], path: str | Path, opts: TCAVOptions) -> Path:
@@ -805,10 +932,12 @@ def write_table(rows: list[dict], path: str | Path, opts: TCAVOptions) -> Path:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    defaults = {"status": "ok", "message": ""}
+    df = pd.DataFrame([{c: r.get(c, defaults.get(c)) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"probestore.tcav"] = json.dumps(asdict(opts), sort_keys=True, default=str).encode()
+    meta[b"probestore.tcav_table"] = json.dumps({"version": TABLE_VERSION}).encode()
     table = table.replace_schema_metadata(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

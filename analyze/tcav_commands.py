@@ -48,7 +48,11 @@ def register(subparsers) -> None:
     p.add_argument("--random-size", type=int, default=50, metavar="N", help="examples per random set (default 50)")
     p.add_argument("--split", default="test", help="samples scored (default: test)")
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--bonferroni", action="store_true", help="divide alpha by the number of TCAV tests")
+    p.add_argument("--bonferroni", action=argparse.BooleanOptionalAction, default=True,
+                   help="divide alpha by the number of TCAV tests in the table (default: on; "
+                        "--no-bonferroni tests each at alpha)")
+    p.add_argument("--holdout", type=float, default=1 / 3, metavar="FRACTION",
+                   help="share of each CAV's examples held out for cav_heldout_accuracy (default 1/3, as Kim et al.)")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the CAV classifiers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-rcv", action="store_true", help="skip RCV sensitivity")
@@ -69,7 +73,7 @@ def tcav_command(args: argparse.Namespace) -> int:
 
     opts = TCAVOptions(
         concepts=_names(args.concepts), repeats=args.repeats, random_size=args.random_size, split=args.split,
-        alpha=args.alpha, bonferroni=args.bonferroni, C=args.C, seed=args.seed, classes=_names(args.classes),
+        alpha=args.alpha, bonferroni=args.bonferroni, holdout=args.holdout, C=args.C, seed=args.seed, classes=_names(args.classes),
         layers=_names(args.layers), runs=_names(args.runs), checkpoints=_names(args.checkpoints),
         rcv=not args.no_rcv, rcv_targets=_names(args.rcv_targets), conexp=not args.no_conexp,
         conexp_score=args.conexp_score, threads=args.threads)
@@ -85,6 +89,13 @@ def tcav_command(args: argparse.Namespace) -> int:
     write_table(rows, out, opts)
     n_sig = sum(1 for r in rows if r["method"] == "tcav" and r.get("significant"))
     n_tests = sum(1 for r in rows if r["method"] == "tcav")
-    print(f"{len(rows)} rows ({n_tests} TCAV tests, {n_sig} significant) in "
+    level = (f"alpha {opts.alpha:g}/{n_tests} per test (Bonferroni)" if opts.bonferroni and n_tests > 1
+             else f"alpha {opts.alpha:g}" + ("" if opts.bonferroni else ", no multiple-testing correction"))
+    failed = [r for r in rows if r.get("status", "ok") != "ok"]
+    print(f"{len(rows)} rows ({n_tests} TCAV tests, {n_sig} significant at {level}) in "
           f"{time.perf_counter() - t0:.1f} s -> {out}")
+    if failed:
+        print(f"WARNING: {len(failed)} row(s) failed (status 'failed'; e.g. {failed[0]['concept']} at "
+              f"{failed[0]['run']}/{failed[0]['checkpoint']}/{failed[0]['layer']}: {failed[0]['message']})",
+              file=sys.stderr)
     return 0

@@ -109,6 +109,11 @@ def generate_store(path: Path, n: int, seed: int = 0) -> Path:
                          source={"generated_by": "benchmarks/bench_analyze.py", "n": n}, overwrite=True)
     for name, values in image_concepts(images).items():
         store.add_target(name, values, "continuous")
+    from extract.sample_types import area_means, auto_n_types, cluster_types  # numpy / sklearn only
+
+    n_types = auto_n_types(np.bincount(splits, minlength=3), 10)
+    store.set_sample_types(cluster_types(area_means(images), n_types, seed),
+                           method={"kind": "kmeans", "n_clusters": n_types, "seed": seed})
     X0 = images.reshape(n, -1).astype(np.float32) / 255.0
     train = np.flatnonzero(splits == 0)
     for run, frac in (("generalizing", 0.0), ("memorizing-0.5", 0.5)):
@@ -179,29 +184,52 @@ def _ridge_baseline(out, Z, sample, idx, targets, config, t_scale):
 
 
 def _classifier_baseline(out, Z, sample, idx, job, config, t_scale):
-    """Per label set and per C one LogisticRegression(lbfgs), scored on valid cross-entropy."""
+    """The engine's rules with one LogisticRegression(lbfgs) per fit (docs/science.md §1-3).
+
+    True labels: every C, selected on valid cross-entropy; control labels: one fit at the
+    true labels' C; training labels (corrupted runs): every C on an inner split of train,
+    selected on its held-out part, then one refit on all of train.
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    label_sets = {"true_labels": sample.labels, "control_labels": sample.control}
-    if job.has_corrupted:
-        label_sets["train_labels"] = sample.train_labels[job.run]
+    from analyze.block_task import INNER_FRACTION, INNER_SEED
+    from analyze.solvers.logistic import inner_split
+
     K = sample.n_classes
-    t0 = time.perf_counter()
-    for name, y in label_sets.items():
+
+    def fit(Ztr, ytr, C):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            m = LogisticRegression(C=C, solver="lbfgs", tol=config.tol or 1e-4,
+                                   max_iter=config.max_iter or 500).fit(Ztr, ytr)
+        out["not_converged"] += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        return m
+
+    def select(Ztr, ytr, Zv, yv):
         models = []
         for C in config.Cs:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
-                m = LogisticRegression(C=C, solver="lbfgs", tol=config.tol or 1e-4,
-                                       max_iter=config.max_iter or 500).fit(Z["train"], y[idx["train"]])
-            out["not_converged"] += any(issubclass(w.category, ConvergenceWarning) for w in caught)
-            proba = np.zeros((idx["valid"].size, K))
-            proba[:, m.classes_] = m.predict_proba(Z["valid"])
-            models.append((log_loss(y[idx["valid"]], proba, labels=range(K)), C, m))
-        ce, C, m = min(models, key=lambda r: r[0])
+            m = fit(Ztr, ytr, C)
+            proba = np.zeros((Zv.shape[0], K))
+            proba[:, m.classes_] = m.predict_proba(Zv)
+            models.append((log_loss(yv, proba, labels=range(K)), C, m))
+        return min(models, key=lambda r: r[0])[1:]
+
+    def record(name, C, m, y):
         out["classifier"][name] = {"C": C, "test_error": float(np.mean(m.predict(Z["test"]) != y[idx["test"]]))}
+
+    t0 = time.perf_counter()
+    y = sample.labels
+    C_true, m = select(Z["train"], y[idx["train"]], Z["valid"], y[idx["valid"]])
+    record("true_labels", C_true, m, y)
+    if sample.control is not None:
+        record("control_labels", C_true, fit(Z["train"], sample.control[idx["train"]], C_true), sample.control)
+    if job.has_corrupted:
+        yt = sample.train_labels[job.run]
+        held = inner_split(yt[idx["train"]], INNER_FRACTION, INNER_SEED)
+        C_tr, _ = select(Z["train"][~held], yt[idx["train"]][~held], Z["train"][held], yt[idx["train"]][held])
+        record("train_labels", C_tr, fit(Z["train"], yt[idx["train"]], C_tr), yt)
     out["classifier_seconds"] = time.perf_counter() - t0 + t_scale
 
 

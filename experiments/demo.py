@@ -1,4 +1,4 @@
-"""``make demo``: both paper experiments end to end on real data, timed per stage.
+"""``make demo``: the papers' experiments end to end on real data, timed per stage.
 
 Runs exactly what a user would type — ``probestore train``, ``extract``, ``analyze``,
 ``similarity``, (``tcav``,) ``report`` — for each experiment file, so the demo exercises
@@ -7,7 +7,7 @@ Every stage is resumable, so re-running ``make demo`` after an interruption pick
 where it stopped; a complete re-run only recomputes the CKA and TCAV tables (seconds:
 they are deterministic) and re-draws the report.
 
-Usage: ``python experiments/demo.py [--out demo-output] [--only mlp|dtd]``
+Usage: ``python experiments/demo.py [--out demo-output] [--only mlp|dtd|convnet]``
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 EXPERIMENTS = {
     "mlp": HERE / "fashion_mlp_memorization.toml",
     "dtd": HERE / "dtd_cnn_concepts.toml",
+    "convnet": HERE / "mnist_convnet_probes.toml",
 }
 
 #: ``probestore similarity`` options per experiment (CKA heatmaps in the report). Every
@@ -104,6 +105,8 @@ def write_index(out: Path, reports: dict[str, Path], timings: list[tuple[str, fl
     titles = {
         "mlp": "Depth and memorization: MLP on Fashion-MNIST (Alain & Bengio; Graziani et al. §4-5)",
         "dtd": "Colour and texture concepts: shallow CNN on DTD (Graziani et al. §3)",
+        "convnet": "Alain & Bengio's own setting: their MNIST convnet, every layer from random init "
+                   "through training (Alain & Bengio §3.5, Fig. 3)",
     }
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{s:.1f}</td></tr>" for k, s in timings)
     links = "".join(
@@ -144,7 +147,7 @@ def main() -> int:
     print("\nReports:")
     for key, path in reports.items():
         print(f"  {key}: {path}  (summary: {path.with_name('report.md')})")
-    print(f"Open {index} for both.")
+    print(f"Open {index} for all of them.")
     return 0
 
 

@@ -87,13 +87,25 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except EOFError:
         raise CheckpointError("checkpoint file is truncated (ends in the middle)", where=where,
                               fix="re-copy or re-save the checkpoint") from None
-    except (RuntimeError, OSError, ValueError) as exc:
-        head = _header(p)
-        what = ("checkpoint file is truncated or corrupt (unreadable zip archive)"
-                if head.startswith(b"PK") else "not a PyTorch checkpoint")
-        raise CheckpointError(what, where=where, got=str(exc).splitlines()[0][:200],
-                              fix="re-copy or re-save it with torch.save") from None
+    except Exception as exc:  # noqa: BLE001 - every failure of a damaged file is one error
+        # torch's loaders assume a well-formed file: a damaged one escapes as
+        # RuntimeError, KeyError, IndexError, struct.error, AssertionError, TypeError...
+        # (a fuzz test in tests/test_checkpoint_fuzz.py mutates real files to find them).
+        raise _corrupt_error(p, where, exc) from None
     return _as_state_dict(obj, where)
+
+
+def _corrupt_error(p: Path, where: str, exc: BaseException) -> CheckpointError:
+    head = _header(p)
+    if head.startswith(b"PK"):
+        what = "checkpoint file is truncated or corrupt (damaged torch zip archive)"
+    elif head[:1] == b"\x80":
+        what = "checkpoint file is truncated or corrupt (damaged pickle)"
+    else:
+        what = "not a PyTorch checkpoint (neither a torch zip archive nor a pickle)"
+    detail = (str(exc).splitlines() or [""])[0][:160]
+    return CheckpointError(what, where=where, got=f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__,
+                           fix="re-copy the file, or re-save it from trusted code with torch.save(model.state_dict(), path)")
 
 
 def _unpickling_error(p: Path, where: str, msg: str) -> CheckpointError:

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "  probestore layers --model torchvision:resnet18 --input-shape 3,64,64\n"
                     "  probestore layers experiments/mnist_mlp.toml")
     p.add_argument("config", nargs="?", help=_CONFIG_HELP + " (instead of --model)")
-    p.add_argument("--model", help="mlp | shallow_cnn | torchvision:<arch> | factory:pkg.module:function")
+    p.add_argument("--model", help="mlp | shallow_cnn | ab_mnist_convnet | torchvision:<arch> | factory:pkg.module:function")
     p.add_argument("--input-shape", help="one sample's shape C,H,W (e.g. 1,28,28)")
     p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -69,10 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "all samples, collecting every selected layer (reduced on the device) and the\n"
                     "logits. Resumable: rerun the same command after a crash or kill; complete\n"
                     "checkpoints are skipped and an interrupted one continues. A store written with\n"
-                    "a different config is refused unless --overwrite.\n\n"
+                    "a different config is refused unless --overwrite. A damaged store (a chunk\n"
+                    "lost or truncated in a copy): --repair re-extracts exactly the damaged\n"
+                    "checkpoints. One process writes a checkpoint at a time (a lock beside the\n"
+                    "store); a second extraction of the same store does the other checkpoints first\n"
+                    "and then waits for the ones being written.\n\n"
                     "examples:\n"
                     "  probestore extract experiments/mnist_mlp.toml\n"
-                    "  probestore extract exp.toml --shard 0/2 &  probestore extract exp.toml --shard 1/2")
+                    "  probestore extract exp.toml --shard 0/2 &  probestore extract exp.toml --shard 1/2\n"
+                    "  probestore extract exp.toml --repair")
     p.add_argument("config", help=_CONFIG_HELP)
     p.add_argument("--store", help="store path (.zarr or .h5), overrides [experiment] store")
     p.add_argument("--runs", help="comma-separated run names (default: all; give shards the same list)")
@@ -90,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete and re-create a store written with another config (with --shard: "
                         "only a store of a different config, so shards agree)")
+    p.add_argument("--repair", action="store_true",
+                   help="read back every chunk of the store's checkpoints and re-extract exactly the "
+                        "damaged ones (missing / truncated chunks, missing arrays); then go on as usual")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print the layers, reductions, checkpoints and bytes; write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -181,8 +189,11 @@ def _layers(args: argparse.Namespace) -> int:
                          input_shape=_parse_shape(args.input_shape), options=options)
         model = build_model(spec, seed=0).to(device)
     rows = [("input", "(input)", tuple(spec.input_shape), _prod(spec.input_shape), 1)]
-    rows += [(d.name, d.module_type, d.output_shape, d.n_features, d.n_calls)
-             for d in list_layers(model, spec.input_shape, device=device)]
+    for d in list_layers(model, spec.input_shape, device=device):
+        rows.append((d.name, d.module_type, d.output_shape, d.n_features, d.n_calls))
+        if d.n_calls > 1:  # only its calls can be stored: list them by their store names
+            rows += [(f"{d.name}#{k}", f"{d.module_type} (call {k})", s, _prod(s), 1)
+                     for k, s in enumerate(d.call_shapes)]
     header: tuple[str, ...] = ("name", "type", "output shape", "n_features")
     if selected:
         header += ("stored (reduction -> features)",)
@@ -233,10 +244,14 @@ def _extract(args: argparse.Namespace) -> int:
                    layers=_split(args.layers), num_workers=args.num_workers, amp=args.amp,
                    compression=args.compression)
     runs = _split(args.runs)
+    if args.repair and args.overwrite:
+        raise ConfigError("--repair and --overwrite exclude each other", where="probestore extract",
+                          fix="--repair keeps the store and redoes its damaged checkpoints; "
+                              "--overwrite deletes it: pass one")
     if args.dry_run:
         return _dry_run(config, runs, shard)
     summary = run_extraction(config, runs=runs, shard=shard, overwrite=args.overwrite,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, repair=args.repair)
     for line in summary.lines():
         print(line)
     return 0

@@ -46,7 +46,9 @@ Shape of the file (every table but ``[experiment]``, ``[dataset]``, ``[model]`` 
 
     [extract]
     layers = ["input", "relu*"]                 # names / globs; "input" = the network input
-                                                # (its "auto" keeps every pixel when they fit)
+                                                # (its "auto" keeps every pixel when they fit);
+                                                # a module run twice per forward (a ResNet
+                                                # block's relu) only per call: "layer4.1.relu#1"
     reduction = "auto"                          # gap | gmp | flatten | random:K | project:K | auto
     reductions = { conv1 = "random:1000" }      # per-layer overrides (names or globs)
     reduction_seed = 0
@@ -56,17 +58,21 @@ Shape of the file (every table but ``[experiment]``, ``[dataset]``, ``[model]`` 
     amp = "none"                                # none | bf16 | fp16
     num_workers = 0                             # DataLoader worker processes
     max_flatten_features = 65536
-    chunk_rows = "auto"                         # rows per stored chunk (resume granularity)
+    chunk_rows = "auto"                         # rows per stored chunk (resume granularity), >= 64
     compression = "fast"                        # fast (lz4/lzf) | small (zstd/gzip) | none
 
     [analysis]                                  # read by `probestore analyze`, ignored here
 
     [concepts]
     families = ["shape"]                        # colour, texture, shape (extract.concepts)
+    preset = "graziani2019"                     # the authors' formulas (default), or
+                                                # "probestore_v1" (docs/science.md §6); hashed
     csv = ["my_concepts.csv"]                   # user concepts: sample_id + one column each
     folders = { striped = "examples/striped" }  # binary concepts from example images
     n_jobs = 1
-    texture_levels = 32
+    # texture_levels = 32                       # GLCM grey levels, with "probestore_v1" only
+    types = "auto"                              # sample types of the control task: k-means clusters of
+                                                # the raw inputs, "auto" or a count (extract.sample_types)
 
 Paths (``store``, ``checkpoints_dir``, ``dataset.path``, ``runs.checkpoints``,
 ``concepts.csv`` / ``folders``) expand ``~`` and environment variables and are relative
@@ -97,6 +103,7 @@ from typing import Any
 from extract.datasets import DatasetSpec
 from storage_schema.backends import COMPRESSIONS
 from storage_schema.errors import ConfigError, DataError, did_you_mean
+from storage_schema.layout import MIN_CHUNK_ROWS
 from storage_schema.names import validate_name
 from storage_schema.validation import check_keys, check_range, check_type
 
@@ -119,6 +126,8 @@ AMP_MODES = ("none", "bf16", "fp16")
 DTYPES = ("float32", "float16")
 INPUT_LAYER = "input"
 CONCEPT_FAMILY_NAMES = ("colour", "texture", "shape")
+#: extract.concepts.presets.PRESETS, default first (kept here so parsing needs no scikit-image).
+CONCEPT_PRESETS = ("graziani2019", "probestore_v1")
 _ENV_RE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 #: keys that say where / how fast, not what: kept out of the config hash.
 _RUNTIME_KEYS = {
@@ -201,8 +210,10 @@ class ConceptOptions:
     csv: tuple[str, ...] = ()
     folders: dict[str, str] = field(default_factory=dict)
     n_jobs: int = 1
-    texture_levels: int = 32
+    texture_levels: int | None = None  # probestore_v1 only (32 when not given)
     sets: dict[str, ConceptSetSpec] = field(default_factory=dict)
+    preset: str = CONCEPT_PRESETS[0]
+    types: int | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -661,7 +672,12 @@ def _parse_extract(table: Any, seed: int, where: str, raw: dict[str, Any]) -> Ex
     chunk = d.setdefault("chunk_rows", "auto")
     if chunk != "auto":
         check_type(chunk, int, where=f"{where}.chunk_rows")
-        check_range(chunk, low=1, where=f"{where}.chunk_rows")
+        # SCHEMA.md §7: chunks hold at least 64 rows (a chunk per few rows would mean a
+        # file and a metadata update per few samples: slow to write and to read back).
+        if chunk < MIN_CHUNK_ROWS:
+            raise ConfigError("chunk_rows too small", where=f"{where}.chunk_rows",
+                              expected=f'"auto" or an integer >= {MIN_CHUNK_ROWS} (SCHEMA.md §7)', got=chunk,
+                              fix=f'use chunk_rows = "auto" (about 4 MiB per chunk) or >= {MIN_CHUNK_ROWS}')
     # Only written into the hashed content when on: stores extracted before the option
     # existed keep their config hash.
     gradients = check_type(d.pop("gradients", False), bool, where=f"{where}.gradients")
@@ -677,8 +693,8 @@ def _parse_extract(table: Any, seed: int, where: str, raw: dict[str, Any]) -> Ex
 
 
 def _parse_concepts(table: Any, where: str, raw: dict[str, Any], seed: int = 0) -> ConceptOptions:
-    d = dict(check_keys(table, ("families", "csv", "folders", "n_jobs", "texture_levels", "sets",
-                               "random_sets"), where=where))
+    d = dict(check_keys(table, ("families", "csv", "folders", "n_jobs", "preset", "texture_levels", "sets",
+                               "random_sets", "types"), where=where))
     families = d.setdefault("families", [])
     if isinstance(families, str):
         families = d["families"] = [families]
@@ -704,15 +720,50 @@ def _parse_concepts(table: Any, where: str, raw: dict[str, Any], seed: int = 0) 
     if d["n_jobs"] == 0:
         raise ConfigError("n_jobs must not be 0", where=f"{where}.n_jobs",
                           expected="a positive count, or -1 for all cores", got=0)
-    d.setdefault("texture_levels", 32)
-    check_type(d["texture_levels"], int, where=f"{where}.texture_levels")
-    check_range(d["texture_levels"], low=2, high=256, where=f"{where}.texture_levels")
+    _parse_concept_preset(d, where)
     sets = _parse_concept_sets(d, where, seed)
+    types = _parse_types(d.get("types", "auto"), f"{where}.types")  # hashed only when written
     raw["concepts"] = d
     return ConceptOptions(
         families=tuple(families), csv=tuple(str(_path(c)) for c in csvs),
         folders={k: str(_path(v)) for k, v in folders.items()}, n_jobs=d["n_jobs"],
-        texture_levels=d["texture_levels"], sets=sets)
+        texture_levels=d.get("texture_levels"), sets=sets, preset=d["preset"], types=types)
+
+
+def _parse_types(value: Any, where: str) -> int | str:
+    """``[concepts] types``: ``"auto"`` or a number of k-means sample types (>= 2)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError("types must be \"auto\" or a whole number", where=where,
+                          expected='"auto" or an integer >= 2', got=repr(value),
+                          fix='types = "auto" (about 10 samples per type in the smallest split)')
+    check_range(value, low=2, where=where)
+    return int(value)
+
+
+def _parse_concept_preset(d: dict[str, Any], where: str) -> None:
+    """``preset`` (default graziani2019, always written so it is hashed) and ``texture_levels``.
+
+    ``texture_levels`` belongs to probestore_v1 (default 32); with graziani2019 it is
+    refused, since the authors' GLCM has 256 grey levels by construction.
+    """
+    preset = check_type(d.setdefault("preset", CONCEPT_PRESETS[0]), str, where=f"{where}.preset")
+    if preset not in CONCEPT_PRESETS:
+        raise ConfigError("unknown concept preset", where=f"{where}.preset",
+                          expected=" or ".join(repr(p) for p in CONCEPT_PRESETS), got=repr(preset),
+                          fix=did_you_mean(preset, CONCEPT_PRESETS) or f'preset = "{CONCEPT_PRESETS[0]}"')
+    if preset == "graziani2019":
+        if "texture_levels" in d:
+            raise ConfigError("texture_levels does not apply to the graziani2019 preset",
+                              where=f"{where}.texture_levels",
+                              expected="no texture_levels (the authors' GLCM has 256 grey levels)",
+                              got=repr(d["texture_levels"]),
+                              fix='remove texture_levels, or set preset = "probestore_v1" to quantize')
+        return
+    d.setdefault("texture_levels", 32)
+    check_type(d["texture_levels"], int, where=f"{where}.texture_levels")
+    check_range(d["texture_levels"], low=2, high=256, where=f"{where}.texture_levels")
 
 
 def _parse_concept_sets(d: dict[str, Any], where: str, seed: int) -> dict[str, ConceptSetSpec]:

@@ -11,13 +11,26 @@ linear map ``R`` as the features. For any direction ``v`` in reduced space,
 so the derivative along a CAV learned on reduced features is the exact derivative
 along its lift ``Rᵀ v`` to the full activation space (SCHEMA.md §6). Per reduction:
 
-* ``flatten``: ``R = I``;
-* ``random:K``: ``R`` selects K entries, ``Rᵀ v`` scatters ``v`` back (``R Rᵀ = I``);
-* ``project:K``: ``R g = flatten(g) @ W``, ``Rᵀ v = W v``;
-* ``gap``: ``R g`` is the spatial *mean* of ``g`` and ``Rᵀ v`` is ``v / (H·W)`` on every
-  position. The lift that moves the pooled features by exactly ``v`` is ``v`` on every
-  position (``R (v ⊗ 1) = v``), whose derivative is ``H·W · ⟨R g, v⟩``: the array's
-  attribute ``lift_scale = H·W`` records that factor (1 for the other reductions).
+The derivative a probe direction stands for is the one along the *minimum-norm* full-space
+move that shifts the reduced features by exactly ``v``, ``u = R⁺ v = Rᵀ (R Rᵀ)⁻¹ v``.
+When ``R Rᵀ = c·I`` that is ``u = Rᵀ v / c`` and ``⟨g, u⟩ = ⟨R g, v⟩ / c``: the array's
+attribute ``lift_scale = 1/c`` turns the stored inner product into that derivative, so
+sensitivities of layers with different sizes and reductions are in the same units
+(logit per unit move of the reduced features). Per reduction:
+
+* ``flatten``: ``R = I``, ``lift_scale = 1``;
+* ``random:K``: ``R`` selects K entries, ``Rᵀ v`` scatters ``v`` back (``R Rᵀ = I``),
+  ``lift_scale = 1``;
+* ``gap``: ``R g`` is the spatial *mean* of ``g``, ``R Rᵀ = I/(H·W)``: the lift is ``v``
+  on every position and ``lift_scale = H·W``;
+* ``project:K``: ``R g = flatten(g) @ W`` with entries of ``W`` ~ N(0, 1/K), so
+  ``R Rᵀ = WᵀW`` with ``E[WᵀW] = (D/K)·I`` (D = flattened size): ``lift_scale = K/D``.
+  ``WᵀW`` is only *near* ``(D/K)·I`` (off-diagonal entries of relative size ``1/√D``),
+  so the scaled derivative approximates the minimum-norm one to ``O(√(K/D))``;
+  signs (TCAV scores) never depend on the scale.
+
+The value comes from :func:`storage_schema.validate.lift_scale_for`, the one rule the
+writer, the validator and ``analyze.tcav`` share.
 
 ``gmp`` (max pooling) is not linear: its "reduced gradient" would not satisfy the
 identity, so it is refused before any work.
@@ -33,7 +46,6 @@ The model is in eval mode, so samples do not interact and one backward of
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -45,6 +57,7 @@ from extract.config import INPUT_LAYER
 from extract.reductions import ReductionPlan, build_reducer
 from storage_schema.concept_sets import extra_attrs, set_extra_attrs
 from storage_schema.errors import ConfigError, DataError
+from storage_schema.validate import lift_scale_for
 
 __all__ = ["GRAD_ARRAY", "LINEAR_KINDS", "check_gradient_plan", "lift_scale", "gradient_attrs",
            "GradientExtractor", "extract_gradients", "gradients_complete"]
@@ -74,10 +87,16 @@ def check_gradient_plan(reductions: Mapping[str, ReductionPlan]) -> None:
 
 
 def lift_scale(plan: ReductionPlan) -> float:
-    """Factor from ``⟨R g, v⟩`` to the derivative along the lift that moves features by ``v``."""
-    if plan.kind == "gap":
-        return float(math.prod(plan.source_shape[1:]))
-    return 1.0
+    """Factor from ``⟨R g, v⟩`` to the derivative along the lift that moves features by ``v``.
+
+    ``1 / c`` where ``R Rᵀ = c·I`` (module docstring): H·W for ``gap``, K/D for
+    ``project:K``, 1 for ``random`` and ``flatten``.
+    """
+    scale = lift_scale_for(plan.to_dict())
+    if scale is None:  # check_gradient_plan refuses non-linear plans before this is asked
+        raise ConfigError(f"no lift scale for reduction {plan.kind!r}", where=f"layer {plan.layer!r}",
+                          expected=f"one of {LINEAR_KINDS}", got=plan.kind)
+    return scale
 
 
 def gradient_attrs(plan: ReductionPlan) -> dict:

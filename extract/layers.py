@@ -26,6 +26,24 @@ from storage_schema.errors import ConfigError, DataError, did_you_mean
 
 _GLOB_CHARS = "*?["
 _HINT = "`probestore layers --model ...` lists them"
+#: ``<module>#<k>`` selects the k-th call (0-based) of a module that runs several times
+#: per forward pass, e.g. ``layer4.1.relu#1``: the second ReLU of a torchvision
+#: BasicBlock, after the residual add (torchvision's feature extractor calls it
+#: ``layer4.1.relu_1``). A bare name of such a module is refused (see
+#: :func:`check_calls`): storing one call silently would mislabel the features.
+CALL_SEPARATOR = "#"
+
+
+def split_call(name: str) -> tuple[str, int | None]:
+    """``"layer4.1.relu#1"`` -> ``("layer4.1.relu", 1)``; a plain name -> ``(name, None)``."""
+    module, sep, call = name.rpartition(CALL_SEPARATOR)
+    if not sep:
+        return name, None
+    if not call.isdigit() or not module:
+        raise ConfigError(f"bad call index in layer {name!r}", where="layers",
+                          expected="MODULE#K with K a call number counted from 0 (layer4.1.relu#1)",
+                          got=repr(name))
+    return module, int(call)
 
 
 @dataclass(frozen=True)
@@ -45,8 +63,9 @@ class LayerDescription:
     n_calls : int
         Forward calls per model forward. More than 1 means a shared module, such as the
         ``relu`` of a torchvision ``BasicBlock`` (after ``bn1`` and again after the
-        residual add): :class:`LayerTaps` keeps its *last* output of each forward, here
-        the block output.
+        residual add): it can only be stored one call at a time, as ``name#k``.
+    call_shapes : tuple of tuple of int
+        Output shape of each call, in call order.
     """
 
     name: str
@@ -54,6 +73,7 @@ class LayerDescription:
     output_shape: tuple[int, ...]
     n_features: int
     n_calls: int = 1
+    call_shapes: tuple[tuple[int, ...], ...] = ()
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype:
@@ -87,16 +107,14 @@ def list_layers(model: nn.Module, input_shape: Sequence[int],
     shape = tuple(int(s) for s in input_shape)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((2, *shape), generator=gen).to(device=device, dtype=_param_dtype(model))
-    seen: dict[str, list] = {}  # name -> [module_type, shape, calls]
+    seen: dict[str, list] = {}  # name -> [module_type, [shape of each call]]
     names = {m: n for n, m in model.named_modules() if n}
     handles = []
 
     def make_hook(name: str, module: nn.Module):
         def hook(_mod, _args, out):
             if isinstance(out, torch.Tensor) and out.dim() >= 1:
-                rec = seen.setdefault(name, [type(module).__name__, (), 0])
-                rec[1] = tuple(out.shape[1:])
-                rec[2] += 1
+                seen.setdefault(name, [type(module).__name__, []])[1].append(tuple(out.shape[1:]))
         return hook
 
     training = {m: m.training for m in model.modules()}
@@ -111,7 +129,56 @@ def list_layers(model: nn.Module, input_shape: Sequence[int],
             h.remove()
         for m, flag in training.items():
             m.training = flag
-    return [LayerDescription(n, t, s, math.prod(s), c) for n, (t, s, c) in seen.items()]
+    return [LayerDescription(n, t, calls[-1], math.prod(calls[-1]), len(calls), tuple(calls))
+            for n, (t, calls) in seen.items()]
+
+
+def check_calls(chosen: Sequence[str], layers: Sequence[LayerDescription]) -> dict[str, tuple[int, ...]]:
+    """Output shape of each chosen layer; refuse ambiguous or impossible call choices.
+
+    A module that runs several times per forward pass must be chosen as ``name#k``
+    (before any data is read): a bare name would have stored one of its calls and
+    silently dropped the others.
+
+    Raises
+    ------
+    ConfigError
+        A bare name of a module called several times (the message lists its calls and
+        their shapes); ``name#k`` with ``k`` not below the number of calls.
+    """
+    by_name = {d.name: d for d in layers}
+    shapes: dict[str, tuple[int, ...]] = {}
+    shared = []
+    for name in chosen:
+        module, call = split_call(name)
+        d = by_name.get(module)
+        if d is None:
+            continue  # did not run: the caller reports it
+        if call is None and d.n_calls > 1:
+            shared.append(d)
+        elif call is not None and call >= d.n_calls:
+            raise ConfigError(f"layer {name!r} asks for call {call} of {module!r}", where="layers",
+                              expected=f"#0 .. #{d.n_calls - 1} (0-based: the module runs "
+                                       f"{d.n_calls} time(s) per forward pass)",
+                              got=repr(name), fix=_calls_fix(d))
+        else:
+            shapes[name] = d.call_shapes[call] if call is not None else d.output_shape
+    if shared:
+        d = shared[0]
+        listing = ", ".join(f"{d.name}{CALL_SEPARATOR}{k} ({'x'.join(map(str, s))})"
+                            for k, s in enumerate(d.call_shapes))
+        more = f" (and {len(shared) - 1} more shared module(s): " + ", ".join(
+            x.name for x in shared[1:4]) + ")" if len(shared) > 1 else ""
+        raise ConfigError(
+            f"layer {d.name!r} runs {d.n_calls} times per forward pass: calls {listing}{more}",
+            where="layers", expected="one call per stored layer",
+            got=f"the bare name {d.name!r}", fix=_calls_fix(d))
+    return shapes
+
+
+def _calls_fix(d: LayerDescription) -> str:
+    names = " and/or ".join(repr(f"{d.name}{CALL_SEPARATOR}{k}") for k in range(d.n_calls))
+    return f"select {names} (calls counted from 0) instead"
 
 
 def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
@@ -148,6 +215,15 @@ def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         if pat in names:
             chosen.add(pat)
             continue
+        module, call = split_call(pat)
+        if call is not None:
+            if module not in names:
+                close = did_you_mean(module, names, n=5)
+                raise ConfigError(f"layer {pat!r}: no module {module!r}", where="layers",
+                                  expected=f"a dotted module name of {type(model).__name__}, then #K",
+                                  got=repr(pat), fix=(close + " " if close else "") + _HINT)
+            chosen.add(pat)
+            continue
         hits = fnmatch.filter(names, pat) if any(c in pat for c in _GLOB_CHARS) else []
         if not hits:
             plain = pat.strip(_GLOB_CHARS) or pat
@@ -156,7 +232,8 @@ def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
                               expected=f"a dotted module name of {type(model).__name__}",
                               got=repr(pat), fix=(close + " " if close else "") + _HINT)
         chosen.update(hits)
-    return [n for n in names if n in chosen]
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(chosen, key=lambda n: (order[split_call(n)[0]], split_call(n)[1] or 0))
 
 
 class LayerTaps:
@@ -182,26 +259,44 @@ class LayerTaps:
     inference-mode settings, before any later in-place op can change the output.
     A reduced tensor that still shares memory with the output (a view) is cloned.
     Each forward of ``model`` starts afresh (a pre-hook on the root clears what was not
-    popped); a module run several times in one forward (shared) keeps its last output.
+    popped). A module run several times in one forward (shared) is tapped per call as
+    ``name#k`` (0-based); tapping it by its bare name raises at its second call instead
+    of keeping one call silently.
     """
 
     def __init__(self, model: nn.Module, reducers: Mapping[str, nn.Module]) -> None:
         modules = dict(model.named_modules())
+        self._taps: dict[str, dict[int | None, str]] = {}  # module -> call (None: bare) -> name
         for name in reducers:
-            if name not in modules or not name:
+            module, call = split_call(name)
+            if module not in modules or not module:
                 raise ConfigError(f"unknown layer {name!r}", where="LayerTaps",
                                   got=repr(name),
-                                  fix=(did_you_mean(name, [n for n in modules if n]) + " " + _HINT).strip())
+                                  fix=(did_you_mean(module, [n for n in modules if n]) + " " + _HINT).strip())
+            self._taps.setdefault(module, {})[call] = name
         self.model = model
         self.reducers = dict(reducers)
-        self._modules = {n: modules[n] for n in self.reducers}
+        self._modules = {m: modules[m] for m in self._taps}
         self._handles: list = []
         self._out: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}
 
-    def _hook(self, name: str):
-        reducer = self.reducers[name]
+    def _hook(self, module_name: str):
+        taps = self._taps[module_name]
 
         def hook(_mod, _args, out):
+            call = self._calls.get(module_name, 0)
+            self._calls[module_name] = call + 1
+            if None in taps and call > 0:
+                raise ConfigError(f"layer {module_name!r} runs more than once per forward pass",
+                                  where="LayerTaps", expected="one call per tapped name",
+                                  got=f"call {call}",
+                                  fix=f"tap {module_name + CALL_SEPARATOR}0 .. "
+                                      f"{module_name + CALL_SEPARATOR}{call} (calls counted from 0)")
+            name = taps.get(None, taps.get(call))
+            if name is None:
+                return
+            reducer = self.reducers[name]
             if not isinstance(out, torch.Tensor):
                 raise ConfigError(f"layer {name!r} does not output a tensor", where="LayerTaps",
                                   got=type(out).__name__, fix="tap a submodule with a tensor output")
@@ -217,6 +312,7 @@ class LayerTaps:
 
     def _start_forward(self, _mod, _args) -> None:
         self._out.clear()
+        self._calls.clear()
 
     def __enter__(self) -> LayerTaps:
         try:

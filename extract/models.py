@@ -15,6 +15,13 @@ Names:
     Their ImageNet10 network after Arpit et al. 2017 (footnote 3):
     ``conv(200,5x5)-mp(3x3)-conv(200,5x5)-mp(3x3)-gap-fc(384)-fc(192)-fc(#classes)`` with
     batch-norm and ReLU.
+``"ab_mnist_convnet"``
+    Alain & Bengio's (2016, §3.5, Fig. 2) MNIST convnet, the model of
+    tensorflow/models ``image/mnist/convolutional.py``:
+    ``conv(32,5x5)-relu-mp(2x2)-conv(64,5x5)-relu-mp(2x2)-fc(512)-relu-dropout-fc(#classes)``
+    with that file's initialization; its modules are named after the paper's probes
+    (``conv1_preact``, ``conv1_postact``, ``conv1_postpool``, ..., ``fc1_postact``,
+    ``logits``).
 ``"torchvision:<arch>"``
     Any torchvision classification model, randomly initialised (no downloads).
 ``"factory:package.module:function"``
@@ -43,10 +50,12 @@ from torch import nn
 from storage_schema.errors import ConfigError, did_you_mean
 from storage_schema.validation import check_keys, check_type
 
-BUILTIN = ("mlp", "shallow_cnn")
+BUILTIN = ("mlp", "shallow_cnn", "ab_mnist_convnet")
 _PREFIXES = ("torchvision:", "factory:")
 _MLP_OPTIONS = ("hidden", "depth", "width")
 _CNN_OPTIONS = ("channels", "fc")
+_AB_OPTIONS = ("channels", "fc", "dropout", "init")
+_AB_INITS = ("tensorflow", "torch")
 _FACTORY_RE = re.compile(r"^factory:([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")
 
 
@@ -100,6 +109,8 @@ class ModelSpec:
             _mlp_widths(self.options)
         elif self.name == "shallow_cnn":
             _cnn_options(self.options)
+        elif self.name == "ab_mnist_convnet":
+            _ab_options(self.options)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, the inverse of :meth:`from_dict`."""
@@ -128,7 +139,7 @@ def _check_name(name: str) -> None:
     if re.fullmatch(r"[a-z0-9_]+", name):
         fix = (fix + " " if fix else "") + f"for a torchvision model write 'torchvision:{name}'"
     raise ConfigError(f"unknown model {name!r}", where="model spec.name",
-                      expected="'mlp', 'shallow_cnn', 'torchvision:<arch>' or "
+                      expected="'mlp', 'shallow_cnn', 'ab_mnist_convnet', 'torchvision:<arch>' or "
                                "'factory:package.module:function'",
                       got=repr(name), fix=fix or None)
 
@@ -165,6 +176,27 @@ def _cnn_options(options: Mapping[str, Any]) -> tuple[int, list[int]]:
     channels = _positive_int(options.get("channels", 200), "model spec.options.channels")
     fc = _int_list(options.get("fc", [384, 192]), "model spec.options.fc")
     return channels, fc
+
+
+def _ab_options(options: Mapping[str, Any]) -> tuple[list[int], int, float, str]:
+    """Options of ``ab_mnist_convnet``; the defaults are the paper's model."""
+    where = "model spec.options (ab_mnist_convnet)"
+    check_keys(options, _AB_OPTIONS, where=where)
+    channels = _int_list(options.get("channels", [32, 64]), "model spec.options.channels")
+    if len(channels) != 2:
+        raise ConfigError("the convnet has exactly two convolutions", where="model spec.options.channels",
+                          expected="2 positive integers, e.g. [32, 64] (the paper's)", got=channels)
+    fc = _positive_int(options.get("fc", 512), "model spec.options.fc")
+    dropout = check_type(options.get("dropout", 0.5), (int, float), where="model spec.options.dropout")
+    if isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise ConfigError("dropout must be a probability", where="model spec.options.dropout",
+                          expected="0 <= dropout < 1 (the paper's model: 0.5)", got=dropout)
+    init = check_type(options.get("init", "tensorflow"), str, where="model spec.options.init")
+    if init not in _AB_INITS:
+        raise ConfigError("unknown init", where="model spec.options.init",
+                          expected="'tensorflow' (the paper's model) or 'torch' (PyTorch defaults)",
+                          got=repr(init), fix=did_you_mean(init, _AB_INITS) or "use 'tensorflow'")
+    return channels, fc, float(dropout), init
 
 
 class GlobalAvgPool(nn.Module):
@@ -215,6 +247,65 @@ def make_shallow_cnn(in_channels: int, num_classes: int, channels: int = 200,
         n_in = w
     layers.append(("classifier", nn.Linear(n_in, num_classes)))
     return nn.Sequential(OrderedDict(layers))
+
+
+def make_ab_mnist_convnet(in_shape: tuple[int, int, int], num_classes: int, channels: list[int] | None = None,
+                          fc: int = 512, dropout: float = 0.5, init: str = "tensorflow") -> nn.Sequential:
+    """Alain & Bengio's MNIST convnet (§3.5, Fig. 2), one named module per probe.
+
+    The paper probes "the MNIST convolutional model provided by the tensorflow/models
+    github repository (image/mnist/convolutional.py)", on each side of each
+    convolution, activation and pooling (Fig. 2). That model is rebuilt here with the
+    paper's probe names as module names::
+
+        conv1_preact   conv 5x5, 32 filters, stride 1, "SAME" padding   [32, 28, 28]
+        conv1_postact  ReLU                                              [32, 28, 28]
+        conv1_postpool max-pool 2x2, stride 2                            [32, 14, 14]
+        conv2_preact   conv 5x5, 64 filters, "SAME"                      [64, 14, 14]
+        conv2_postact  ReLU                                              [64, 14, 14]
+        conv2_postpool max-pool 2x2, stride 2                            [64, 7, 7]
+        flatten
+        fc1_preact     fully connected, 512 units                        [512]
+        fc1_postact    ReLU                                              [512]
+        fc1_dropout    dropout 0.5 (training only, as in the TensorFlow model)
+        logits         fully connected, #classes                         [10]
+
+    (shapes for a 1x28x28 input). ``init="tensorflow"`` copies that file's
+    initialization, which matters here because the paper probes the *random* network
+    (Fig. 3, left): every weight ~ truncated normal (std 0.1, cut at 2 std), biases 0
+    for conv1 and 0.1 for the others. ``init="torch"`` keeps PyTorch's defaults.
+    The TensorFlow file's input scaling, (pixel - 127.5) / 255, is the dataset's
+    ``normalize = "explicit"``, ``mean = [0.5]``, ``std = [1.0]``.
+    """
+    c1, c2 = [32, 64] if channels is None else list(channels)
+    c_in, h, w = in_shape
+    h4, w4 = _pool_out(_pool_out(h)), _pool_out(_pool_out(w))
+    layers: list[tuple[str, nn.Module]] = [
+        ("conv1_preact", nn.Conv2d(c_in, c1, kernel_size=5, padding=2)),
+        ("conv1_postact", nn.ReLU()),
+        ("conv1_postpool", nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)),
+        ("conv2_preact", nn.Conv2d(c1, c2, kernel_size=5, padding=2)),
+        ("conv2_postact", nn.ReLU()),
+        ("conv2_postpool", nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)),
+        ("flatten", nn.Flatten()),
+        ("fc1_preact", nn.Linear(c2 * h4 * w4, fc)),
+        ("fc1_postact", nn.ReLU()),
+        ("fc1_dropout", nn.Dropout(dropout)),
+        ("logits", nn.Linear(fc, num_classes)),
+    ]
+    model = nn.Sequential(OrderedDict(layers))
+    if init == "tensorflow":
+        with torch.no_grad():
+            for name, module in model.named_children():
+                if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                    nn.init.trunc_normal_(module.weight, std=0.1, a=-0.2, b=0.2)
+                    nn.init.constant_(module.bias, 0.0 if name == "conv1_preact" else 0.1)
+    return model
+
+
+def _pool_out(n: int) -> int:
+    """Output size of a 2x2, stride-2 max-pool with TensorFlow's "SAME" padding."""
+    return -(-n // 2)
 
 
 def _torchvision_model(arch: str, num_classes: int, options: dict[str, Any]) -> nn.Module:
@@ -306,6 +397,9 @@ def _build(spec: ModelSpec) -> nn.Module:
     if spec.name == "shallow_cnn":
         channels, fc = _cnn_options(spec.options)
         return make_shallow_cnn(spec.input_shape[0], spec.num_classes, channels, fc)
+    if spec.name == "ab_mnist_convnet":
+        ab_channels, ab_fc, dropout, init = _ab_options(spec.options)
+        return make_ab_mnist_convnet(spec.input_shape, spec.num_classes, ab_channels, ab_fc, dropout, init)
     if spec.name.startswith("torchvision:"):
         return _torchvision_model(spec.name.split(":", 1)[1], spec.num_classes, spec.options)
     return _factory_model(spec.name, spec.num_classes, spec.options)

@@ -13,11 +13,20 @@ computes the concept measures while the others wait and then open it and check i
 config hash. After setup each shard writes only its own checkpoints (every n-th of a
 fixed global order: runs in config order, checkpoints by epoch), which the store
 allows concurrently.
+
+Each checkpoint is written under its own writer lock
+(:func:`storage_schema.locking.writer_lock`), held from the first check of what is
+missing to the completion marker. A second extraction of the same store started by
+mistake (or on purpose, without ``--shard``) therefore never writes a checkpoint that
+another process is writing: it extracts the free ones first, then waits for the held
+ones, so exit status 0 still means every checkpoint is complete. A lock whose holder was
+killed is free again (the kernel drops it) and is taken over: the checkpoint resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,8 +40,23 @@ from typing import Any
 import numpy as np
 
 from extract.config import ExperimentConfig, RunSpec
-from storage_schema.errors import CheckpointError, ConfigError, ProbestoreError, did_you_mean
-from storage_schema.locking import file_lock
+from extract.sample_types import add_sample_types
+from storage_schema.errors import (
+    CheckpointError,
+    ConfigError,
+    ProbestoreError,
+    SchemaVersionError,
+    StoreFormatError,
+    did_you_mean,
+)
+from storage_schema.locking import (
+    Holder,
+    LockHeldError,
+    file_lock,
+    held_writer_locks,
+    writer_lock,
+    writer_lock_path,
+)
 from storage_schema.names import validate_name
 from storage_schema.store import config_hash
 
@@ -217,7 +241,7 @@ def open_or_create_store(exp: Experiment, *, overwrite: bool = False, sharded: b
     *different* config: n shards started with ``--overwrite`` then agree on one store
     instead of deleting each other's work.
     """
-    from storage_schema.store import create_store, open_store
+    from storage_schema.store import open_store
 
     cfg = exp.config
     content = _json_safe(cfg.content())
@@ -225,6 +249,13 @@ def open_or_create_store(exp: Experiment, *, overwrite: bool = False, sharded: b
     path = cfg.store
     ds = exp.dataset
     exists = path.exists()
+    if exists and overwrite:
+        try:
+            open_store(path, "r").close()
+        except (StoreFormatError, SchemaVersionError) as exc:  # damaged beyond repair: --overwrite re-creates it
+            _log(f"re-creating {path} (--overwrite): {exc.what}")
+            _refuse_if_written(path)
+            return _create(exp, content, exists=True), True
     if exists:
         store = open_store(path, "a")
         same = store.config_hash == want
@@ -236,19 +267,72 @@ def open_or_create_store(exp: Experiment, *, overwrite: bool = False, sharded: b
             return store, False
         if not same and not overwrite:
             diffs = _differences(store.config or {}, content)
+            clash = _concept_preset_clash(store.config or {}, content, path, cfg.source)
             store.close()
+            if clash is not None:
+                raise clash
             raise ConfigError(
                 "the store was written with a different experiment config", where=str(path),
                 expected=f"config hash {store.config_hash}",
                 got=f"{want}; differences: " + "; ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else ""),
                 fix="use another store path (--store), or --overwrite to delete and re-extract it")
         store.close()
+        _refuse_if_written(path)
         _log(f"re-creating {path} (--overwrite)")
-    store = create_store(path, dataset_name=ds.name, sample_ids=ds.sample_ids, labels=ds.labels,
-                         splits=exp.splits, class_names=ds.class_names,
-                         split_names=("train", "valid", "test"), source=_json_safe(ds.to_dict()),
-                         config=content, overwrite=exists)
-    return store, True
+    return _create(exp, content, exists=exists), True
+
+
+def _create(exp: Experiment, content: dict[str, Any], *, exists: bool):
+    from storage_schema.store import create_store
+
+    ds = exp.dataset
+    return create_store(exp.config.store, dataset_name=ds.name, sample_ids=ds.sample_ids, labels=ds.labels,
+                        splits=exp.splits, class_names=ds.class_names,
+                        split_names=("train", "valid", "test"), source=_json_safe(ds.to_dict()),
+                        config=content, overwrite=exists)
+
+
+def _refuse_if_written(path: Path) -> None:
+    """``--overwrite`` must not delete a store another extraction is writing."""
+    busy = held_writer_locks(path)
+    if busy:
+        lock, holder = busy[0]
+        raise LockHeldError(
+            f"cannot re-create the store (--overwrite): it is being written by "
+            f"{holder or 'another process'}", where=str(lock),
+            fix="wait for that extraction to finish (or stop it), then rerun the same command")
+
+
+def _concept_preset_clash(old: dict[str, Any], new: dict[str, Any], path: Path,
+                          source: str) -> ConfigError | None:
+    """The error for a store whose concept preset differs from the config's, else None.
+
+    Its own message because the same concept names then mean other formulas
+    (docs/science.md §6); the fix names the store's preset when that alone would match.
+    """
+    if "concepts" not in old:  # a store made without an experiment config
+        return None
+    was, now = old["concepts"].get("preset"), (new.get("concepts") or {}).get("preset")
+    if was == now:
+        return None
+    others = [d for d in _differences(old, new)
+              if not d.startswith(("concepts.preset:", "concepts.texture_levels:"))]
+    recompute = f"use another store path (--store), or --overwrite to delete it and re-extract with {now!r}"
+    if was is None:
+        got = "no preset: a store from before presets (its concept measures are probestore_v1's)"
+        fix = recompute
+    else:
+        got = f"preset {was!r}"
+        levels = old["concepts"].get("texture_levels")
+        line = f'preset = "{was}"' + (f", texture_levels = {levels}" if levels is not None else "")
+        if levels is None and (new.get("concepts") or {}).get("texture_levels") is not None:
+            line += " without texture_levels"
+        fix = ("" if others else f"set [concepts] {line} in {source} to reuse the store, or ") + recompute
+    if others:
+        got += "; other differences: " + "; ".join(others[:4]) + (" ..." if len(others) > 4 else "")
+    return ConfigError("the store was extracted with another concept preset",
+                       where=f"{path} (config concepts.preset)", expected=f"preset {now!r} ({source})",
+                       got=got, fix=fix)
 
 
 def add_targets(store, exp: Experiment, *, progress: bool = True) -> None:
@@ -271,13 +355,14 @@ def add_targets(store, exp: Experiment, *, progress: bool = True) -> None:
         images = _RawImages(ds)
         values = compute_concepts(images, families=missing,  # type: ignore[arg-type]
                                   n_jobs=opts.n_jobs, progress=progress,
-                                  texture_levels=opts.texture_levels)
-        desc = concept_descriptions(opts.texture_levels)
+                                  texture_levels=opts.texture_levels, preset=opts.preset)
+        desc = concept_descriptions(opts.preset, opts.texture_levels)
         for family in missing:
             for name in CONCEPT_FAMILIES[family]:
                 store.add_target(name, values[name], "continuous", family=family,
                                  description=desc.get(name, ""))
-        _log(f"concepts {', '.join(missing)}: {len(ds)} images in {time.perf_counter() - t0:.1f} s")
+        _log(f"concepts {', '.join(missing)} ({opts.preset}): {len(ds)} images in "
+             f"{time.perf_counter() - t0:.1f} s")
     for csv_path in opts.csv:
         for name, vals in load_concept_csv(csv_path, ds.sample_ids).items():
             store.add_target(name, vals, "continuous", family="user",
@@ -332,6 +417,7 @@ class ExtractionSummary:
     store: Path
     done: list = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -348,6 +434,8 @@ class ExtractionSummary:
                + f" in {s.seconds:.1f} s, {s.samples_per_s:.0f} samples/s, "
                f"{s.bytes_stored / 2**20:.1f} MiB" for s in self.done]
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        if self.repaired:
+            out.append(f"repaired {len(self.repaired)} damaged checkpoint(s): {', '.join(self.repaired)}")
         out.append(f"extracted {len(self.done)} checkpoint(s), skipped {len(self.skipped)} complete; "
                    f"{self.bytes_stored / 2**20:.1f} MiB stored in {self.seconds:.1f} s "
                    f"({rate:.0f} samples/s) -> {self.store}")
@@ -372,12 +460,19 @@ def store_write_errors(store_path: Path):
         yield
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [type(exc).__name__])[0]
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            failed = Path(exc.filename) if exc.filename else store_path
+            place = store_path if store_path in (failed, *failed.parents) else failed.parent
+            fix = (f"make {place} writable for this user, or choose a writable location with "
+                   "--store PATH, and rerun the same command: complete checkpoints are kept")
+        else:
+            fix = ("free disk space and rerun the same command: complete checkpoints are kept and "
+                   "the interrupted one resumes where it stopped")
         raise ProbestoreError(
             f"cannot write the store ({reason})",
             where=str(store_path) + (f" ({exc.filename})" if exc.filename else ""),
             got=f"{type(exc).__name__} errno {exc.errno}" if exc.errno else type(exc).__name__,
-            fix="free disk space (or make the store writable) and rerun the same command: complete "
-                "checkpoints are kept and the interrupted one resumes where it stopped",
+            fix=fix,
         ) from exc
 
 
@@ -517,9 +612,127 @@ def _load_checkpoint_model(exp: Experiment, run: RunSpec, ref):
     return model, digest, str(ref.path)
 
 
+def checkpoint_damage(store, run: str, checkpoint: str, plan) -> list[str]:
+    """What is wrong with the data of one registered checkpoint (empty when nothing).
+
+    Every array under the checkpoint is read back (in slices of about 64 MiB, so a
+    large block never has to fit in memory), so truncated or corrupted chunk files are
+    found as well as missing ones; the blocks the plan expects must exist. Incomplete
+    blocks are checked up to their ``rows_done`` (what a resume keeps).
+    """
+    from storage_schema import layout
+
+    problems: list[str] = []
+    info = store.checkpoint_info(run, checkpoint)
+    if info is None:
+        return problems
+    backend = store.backend
+    checked = set()
+    for name in [*plan.layers, layout.OUTPUTS]:
+        node = layout.block_array_node(run, checkpoint, name)
+        checked.add(node)
+        try:
+            meta = store.block_info(run, checkpoint, name, missing_ok=not info.complete)
+            if meta is None:
+                continue
+            present, total = backend.initialized_chunks(node)
+            if meta.complete and present < total:
+                problems.append(f"{name}: {total - present} of {total} chunks missing")
+                continue
+            problems += [f"{name}: {p}" for p in _read_back(backend, node, meta.rows_done)]
+        except ProbestoreError as exc:
+            problems.append(f"{name}: {exc.what}")
+    base = layout.checkpoint_node(run, checkpoint)
+
+    def walk(node: str) -> None:  # extras (gradients) and concept set blocks
+        groups, arrays = backend.list_children(node)
+        for a in arrays:
+            if f"{node}/{a}" not in checked:
+                try:
+                    problems.extend(f"{node[len(base) + 1:]}/{a}: {p}"
+                                    for p in _read_back(backend, f"{node}/{a}", None))
+                except ProbestoreError as exc:
+                    problems.append(f"{node[len(base) + 1:]}/{a}: {exc.what}")
+        for g in groups:
+            walk(f"{node}/{g}")
+
+    try:
+        walk(base)
+    except ProbestoreError as exc:
+        problems.append(exc.what)
+    return problems
+
+
+def _read_back(backend, node: str, stop: int | None) -> list[str]:
+    """Read rows ``[0, stop)`` of an array (all when None) in ~64 MiB slices; NaN/Inf found."""
+    shape, dtype, chunks = backend.array_meta(node)
+    if not shape:
+        return []
+    stop = shape[0] if stop is None else min(int(stop), shape[0])
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * max(1, dtype.itemsize))
+    rows = max(1, int(chunks[0]) if chunks else 1)
+    step = max(rows, (64 << 20) // row_bytes // rows * rows)
+    for start in range(0, stop, step):
+        values = backend.read(node, slice(start, min(stop, start + step)))
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return ["NaN/Inf"]
+    return []
+
+
+@dataclass
+class _CheckpointJob:
+    """Everything one checkpoint's extraction needs; called with its writer lock held."""
+
+    exp: Experiment
+    store: Any
+    plan: Any
+    external_sets: dict[str, Any]
+    tds: Any
+    device: Any
+    progress: bool
+    repair: bool
+    summary: ExtractionSummary
+
+    def __call__(self, run: RunSpec, ref, stale) -> None:
+        import torch
+
+        from extract.runner import extract_checkpoint
+
+        store, config = self.store, self.exp.config
+        if stale is not None:
+            _log(f"{run.name}/{ref.name}: taking over from {stale} (no longer running); "
+                 "its complete rows are kept")
+        info = store.checkpoint_info(run.name, ref.name)
+        if self.repair and info is not None:
+            problems = checkpoint_damage(store, run.name, ref.name, self.plan)
+            if problems:
+                _log(f"{run.name}/{ref.name}: damaged ({'; '.join(problems[:3])}"
+                     f"{' ...' if len(problems) > 3 else ''}): re-extracting it")
+                store.delete_checkpoint(run.name, ref.name)
+                self.summary.repaired.append(f"{run.name}/{ref.name}")
+                info = None
+        features_done = info is not None and info.complete
+        extras = _missing_extras(store, config, self.plan, run.name, ref.name, self.external_sets)
+        if features_done and not any(extras.values()):
+            self.summary.skipped.append(f"{run.name}/{ref.name}")
+            return
+        model, digest, source = _load_checkpoint_model(self.exp, run, ref)
+        if not features_done:
+            store.add_checkpoint(run.name, ref.name, epoch=ref.epoch, step=ref.step, source=source,
+                                 sha256=digest)
+            stats = extract_checkpoint(store, run.name, ref.name, model, self.tds, self.plan,
+                                       config.extract, device=self.device, progress=self.progress)
+            self.summary.done.append(stats)
+        _extract_extras(store, config, self.plan, run.name, ref.name, model, self.tds,
+                        self.external_sets, extras, device=self.device, progress=self.progress)
+        del model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = None,
                    shard: tuple[int, int] = (0, 1), overwrite: bool = False,
-                   progress: bool = True) -> ExtractionSummary:
+                   progress: bool = True, repair: bool = False) -> ExtractionSummary:
     """Create / open the store and extract this shard's checkpoints.
 
     Parameters
@@ -533,15 +746,17 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
     overwrite : bool
         Re-create the store (see :func:`open_or_create_store` for shards).
     progress : bool
+    repair : bool
+        Also check every registered checkpoint's arrays (every chunk read back) and
+        re-extract, from scratch, the checkpoints found damaged (missing or unreadable
+        chunks, missing arrays, NaN/Inf); the others are left as they are.
 
     Returns
     -------
     ExtractionSummary
     """
-    import torch
-
     from extract.device import resolve_device
-    from extract.runner import extract_checkpoint, plan_extraction
+    from extract.runner import plan_extraction
 
     t_start = time.perf_counter()
     exp = load_experiment(config)
@@ -554,9 +769,12 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
     order = global_order(exp, selected)
     i, n = shard
     mine = [item for k, item in enumerate(order) if k % n == i]
-    with setup_lock(config.store), store_write_errors(config.store):
+    # store_write_errors outside setup_lock: a lock file that cannot be created (a
+    # read-only folder) is one line too, not a PermissionError traceback.
+    with store_write_errors(config.store), setup_lock(config.store):
         store, created = open_or_create_store(exp, overwrite=overwrite, sharded=n > 1)
         add_targets(store, exp, progress=progress)
+        add_sample_types(store, exp, log=_log)  # the control task's recurring types (schema 1.2)
         add_runs(store, exp, selected)
         stored = {name: store.load_reduction_indices(exp.architecture, name) for name in plan.layers}
         plan = plan_extraction(exp.build_model(config.seed), exp.spec.input_shape, config.extract,
@@ -567,27 +785,33 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
          f"{len(plan.layers)} layer(s) + outputs, {len(mine)} of {len(order)} checkpoint(s) "
          f"for shard {i}/{n} on {device}")
     summary = ExtractionSummary(store=config.store)
-    tds = exp.dataset.torch_dataset()
-    for run, ref in mine:
-        info = store.checkpoint_info(run.name, ref.name)
-        features_done = info is not None and info.complete
-        extras = _missing_extras(store, config, plan, run.name, ref.name, external_sets)
-        if features_done and not any(extras.values()):
-            summary.skipped.append(f"{run.name}/{ref.name}")
-            continue
-        model, digest, source = _load_checkpoint_model(exp, run, ref)
-        with store_write_errors(config.store):
-            if not features_done:
-                store.add_checkpoint(run.name, ref.name, epoch=ref.epoch, step=ref.step, source=source,
-                                     sha256=digest)
-                stats = extract_checkpoint(store, run.name, ref.name, model, tds, plan, config.extract,
-                                           device=device, progress=progress)
-                summary.done.append(stats)
-            _extract_extras(store, config, plan, run.name, ref.name, model, tds, external_sets, extras,
-                            device=device, progress=progress)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    job = _CheckpointJob(exp, store, plan, external_sets, exp.dataset.torch_dataset(), device,
+                         progress, repair, summary)
+    deferred = []
+    with store_write_errors(config.store):
+        for run, ref in mine:
+            with contextlib.ExitStack() as stack:
+                try:
+                    stale = stack.enter_context(writer_lock(
+                        writer_lock_path(config.store, run.name, ref.name),
+                        what=f"checkpoint {run.name}/{ref.name}"))
+                except LockHeldError as exc:
+                    # Another process writes it: do the others first, come back to it at the end.
+                    _log(f"{run.name}/{ref.name}: {exc.what}; extracting the other checkpoints first")
+                    deferred.append((run, ref))
+                    continue
+                job(run, ref, stale)
+        for run, ref in deferred:
+            # Wait for it, so that exit status 0 means every checkpoint is complete; if its
+            # writer was killed meanwhile, the lock comes free and this process finishes it.
+            label = f"{run.name}/{ref.name}"
+
+            def waiting(holder: Holder | None, label: str = label) -> None:
+                _log(f"{label}: waiting for {holder or 'another process'} to finish it")
+
+            with writer_lock(writer_lock_path(config.store, run.name, ref.name),
+                             what=f"checkpoint {label}", wait=True, on_wait=waiting) as stale:
+                job(run, ref, stale)
     summary.seconds = time.perf_counter() - t_start
     store.close()
     return summary

@@ -30,7 +30,7 @@ from torch import nn
 
 from extract.config import INPUT_LAYER, ExtractOptions
 from extract.device import autocast_context, prepare_device
-from extract.layers import LayerTaps, list_layers, select_layers
+from extract.layers import LayerTaps, check_calls, list_layers, select_layers, split_call
 from extract.reductions import ReductionPlan, build_reducer, plan_reduction
 from extract.writer import CheckpointWriter
 from storage_schema import layout
@@ -98,12 +98,20 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
     pseudo_input = INPUT_LAYER in options.layers and INPUT_LAYER not in module_names
     patterns = [p for p in options.layers if not (pseudo_input and p == INPUT_LAYER)]
     chosen = select_layers(model, patterns) if patterns else []
-    shapes = {d.name: d.output_shape for d in list_layers(model, input_shape, device=device)}
-    not_run = [n for n in chosen if n not in shapes]
+    described = list_layers(model, input_shape, device=device)
+    ran = {d.name for d in described}
+    not_run = [n for n in chosen if split_call(n)[0] not in ran]
     if not_run:
         raise ConfigError(f"{len(not_run)} selected layer(s) do not output a tensor in a forward pass",
                           where="extract.layers", got=not_run[:5],
                           fix="select modules that run and return a tensor (`probestore layers` lists them)")
+    # A module run several times per forward must be chosen per call (name#k): refused
+    # here, before any data is read, rather than storing one of its calls silently.
+    shapes = check_calls(chosen, described)
+    if options.gradients and any(split_call(n)[1] is not None for n in chosen):
+        raise ConfigError("per-call layers (name#k) cannot be combined with gradients",
+                          where="extract.layers", got=[n for n in chosen if "#" in n][:5],
+                          fix="select modules that run once per forward pass, or set gradients = false")
     layers = ([INPUT_LAYER] if pseudo_input else []) + chosen
     if pseudo_input:
         shapes[INPUT_LAYER] = tuple(int(s) for s in input_shape)

@@ -285,7 +285,8 @@ def read_concept_features(store, run: str, checkpoint: str, set_name: str, layer
     if not concept_block_complete(store, run, checkpoint, set_name, layer):
         raise NotFoundError(f"no complete features of concept set {set_name!r} at {run}/{checkpoint}/{layer}",
                             where=str(store.path),
-                            fix="run `probestore extract` again (it fills missing concept set blocks)")
+                            fix="run `probestore extract CONFIG` again with the experiment file that wrote "
+                                "the store (it fills missing concept set blocks)")
     return store.backend.read(f"{concept_set_block_node(run, checkpoint, set_name, layer)}/features")
 
 

@@ -6,6 +6,11 @@ message says *what* went wrong, *where* (file, array, config field), what was
 *expected*, what was *got*, and *how to fix* it. The CLI prints ``str(error)`` on one
 line and exits non-zero; library users can catch the subclasses.
 
+The errors also fit Python's and scikit-learn's contract (like zarr's errors, which
+subclass the built-ins they refine): :class:`ConfigError` and :class:`DataError` are
+``ValueError`` subclasses and :class:`DataTypeError` is also a ``TypeError``, so code that catches
+``ValueError`` around a scikit-learn estimator catches a probe's bad input too.
+
 Modelled on zarr's ``errors.py`` and scikit-learn's ``InvalidParameterError``.
 """
 
@@ -74,16 +79,21 @@ class NotFoundError(ProbestoreError):
     """A run, checkpoint, layer or target that is not in the store (or not complete yet)."""
 
 
-class ConfigError(ProbestoreError):
-    """An experiment or analysis configuration that cannot be used as written."""
+class ConfigError(ProbestoreError, ValueError):
+    """An experiment or analysis configuration that cannot be used as written (a ``ValueError``)."""
 
 
 class CheckpointError(ProbestoreError):
     """A model checkpoint that cannot be loaded safely or does not fit the model."""
 
 
-class DataError(ProbestoreError):
-    """Input data that cannot be used: NaN/Inf, empty splits, a single class, wrong sizes."""
+class DataError(ProbestoreError, ValueError):
+    """Input data that cannot be used: NaN/Inf, empty splits, a single class, wrong sizes (a ``ValueError``)."""
+
+
+class DataTypeError(DataError, TypeError):
+    """Input of a type that cannot be used (sparse where dense is needed, objects): a ``TypeError`` too,
+    as scikit-learn raises for such input."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:

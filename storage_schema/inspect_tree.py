@@ -33,6 +33,14 @@ def render_tree(store: ActivationStore, *, show_incomplete: bool = True) -> str:
         f"{_size(store.backend.stored_bytes(''))} on disk)",
         f"dataset {ds.name!r}: {ds.n_samples} samples ({counts}), {len(ds.class_names)} classes, {ds.fingerprint[:23]}...",
     ]
+    if store.has_sample_types():
+        types_info = store.sample_types_info()
+        method = types_info.get("method") or {}
+        how = ", ".join(f"{k} {v}" for k, v in method.items() if k != "kind")
+        lines.append(f"sample types: {types_info.get('n_types')} "
+                     f"({method.get('kind', 'given')}{'; ' + how if how else ''})")
+    else:
+        lines.append("sample types: none (control probes need them: rerun `probestore extract CONFIG`)")
     targets = store.target_names()
     lines.append(f"targets ({len(targets)}):")
     for name in targets:

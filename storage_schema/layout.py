@@ -12,6 +12,7 @@ SAMPLES = "samples"
 SAMPLE_ID = "samples/sample_id"
 SAMPLE_LABEL = "samples/label"
 SAMPLE_SPLIT = "samples/split"
+SAMPLE_TYPE = "samples/type"  # schema 1.2, OPTIONAL: recurring input types of the control task
 TARGETS = "targets"
 RUNS = "runs"
 ARCHITECTURES = "architectures"

@@ -11,9 +11,10 @@ import re
 
 from storage_schema.errors import InvalidNameError
 
-# Dots are allowed because PyTorch module names are dotted ("layer1.0.relu");
-# "/" is not, because it separates groups in both Zarr and HDF5.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=:-]{0,199}$")
+# Dots are allowed because PyTorch module names are dotted ("layer1.0.relu"), "#"
+# because one call of a module run several times per forward is stored as
+# "layer4.1.relu#1"; "/" is not, because it separates groups in both Zarr and HDF5.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=:#-]{0,199}$")
 _RESERVED = {"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"}
 
 
@@ -35,7 +36,7 @@ def validate_name(name: object, kind: str) -> str:
         f"invalid {kind} name {name!r}",
         where=f"{kind} name",
         expected=(
-            "1-200 characters of letters, digits and _ . + = : - , not starting with '.' or '-',"
+            "1-200 characters of letters, digits and _ . + = : # - , not starting with '.', '-' or '#',"
             " without '..' or '/'"
         ),
         got=repr(name),
@@ -45,7 +46,7 @@ def validate_name(name: object, kind: str) -> str:
 
 def sanitize_name(raw: str) -> str:
     """Map any string to a valid name: bad characters and ``..`` become ``_``."""
-    text = re.sub(r"[^A-Za-z0-9_.+=:-]", "_", raw)
+    text = re.sub(r"[^A-Za-z0-9_.+=:#-]", "_", raw)
     while ".." in text:
         text = text.replace("..", "_")
     if not text or not re.match(r"[A-Za-z0-9_]", text[0]):

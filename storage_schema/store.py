@@ -25,6 +25,7 @@ import numpy as np
 
 from storage_schema import layout
 from storage_schema.backends import COMPRESSIONS, Backend, backend_for
+from storage_schema.backends.base import REPAIR_FIX
 from storage_schema.errors import (
     ConfigError,
     DataError,
@@ -313,6 +314,83 @@ class ActivationStore:
             )
         return values
 
+    # ------------------------------------------------------------------ sample types (schema 1.2)
+    def set_sample_types(self, types: np.ndarray, *, method: dict[str, Any] | None = None,
+                         overwrite: bool = False) -> None:
+        """Store each sample's *type*: the recurring unit of the control task (SCHEMA.md §11).
+
+        Hewitt & Liang's control labels are a seeded function of the word *type*, which
+        recurs in held-out data, so a probe can learn the control task by memorizing
+        types. Any integer ids are accepted (word-type ids of a vocabulary, cluster ids of
+        images); only equality between ids matters. Like the labels, the types are a
+        property of the dataset: written once, and re-writing other values is refused
+        unless ``overwrite`` (the control numbers of earlier analyses would change).
+
+        Parameters
+        ----------
+        types : ndarray of int, shape (n_samples,)
+        method : dict, optional
+            How the types were made (e.g. ``{"kind": "kmeans", "n_clusters": 100,
+            "seed": 0}``); recorded as the array's ``method`` attribute.
+        overwrite : bool
+            Replace existing, different types.
+        """
+        types = np.asarray(types)
+        if types.shape != (self.n_samples,) or types.dtype.kind not in "iu":
+            raise DataError(
+                "sample types must be one integer per sample",
+                where="set_sample_types",
+                expected=f"integer array of shape ({self.n_samples},) in store order",
+                got=f"{types.dtype} array of shape {types.shape}",
+                fix="map each sample's type (word type, input cluster) to an integer id",
+            )
+        if self.has_sample_types() and not overwrite:
+            if np.array_equal(self.sample_types(), types.astype("int64")):
+                return
+            raise ConfigError(
+                "the store already holds other sample types",
+                where=f"{self.path}/{layout.SAMPLE_TYPE}",
+                fix="keep the stored types, or pass overwrite=True (control probes of earlier analyses then "
+                    "no longer match the store)",
+            )
+        self._backend.create_array(layout.SAMPLE_TYPE, shape=(self.n_samples,), dtype=np.dtype("int64"),
+                                   chunks=(max(1, self.n_samples),))
+        self._backend.write(layout.SAMPLE_TYPE, types.astype("int64"))
+        # Attributes last: an array without ``n_types`` is a write in progress, not types.
+        attrs = {"n_types": int(np.unique(types).size), "method": json.loads(json.dumps(method or {}, default=str))}
+        self._backend.update_attrs(layout.SAMPLE_TYPE, attrs)
+        if self.schema_version < (1, 2):  # an older store gains a 1.2 node: say so (§2)
+            self._backend.update_attrs("", {"schema_version": SCHEMA_VERSION})
+            self._root_attrs["schema_version"] = SCHEMA_VERSION
+            self.schema_version = check_version(SCHEMA_VERSION, str(self.path))
+
+    def has_sample_types(self) -> bool:
+        """Whether the store holds complete sample types (schema 1.2, OPTIONAL)."""
+        return (self._backend.node_kind(layout.SAMPLE_TYPE) == "array"
+                and "n_types" in self._backend.get_attrs(layout.SAMPLE_TYPE))
+
+    def sample_types(self) -> np.ndarray:
+        """Each sample's type id (int64, store order); see :meth:`set_sample_types`.
+
+        Raises
+        ------
+        NotFoundError
+            The store has no types (written before schema 1.2, or by ``create_store``
+            without :meth:`set_sample_types`).
+        """
+        if not self.has_sample_types():
+            raise NotFoundError(
+                "the store has no sample types (samples/type, schema 1.2)",
+                where=str(self.path),
+                fix="rerun `probestore extract CONFIG` (adds the types to a store of that config, keeping its features), "
+                    "or call ActivationStore.set_sample_types()",
+            )
+        return self._read_sample_array(layout.SAMPLE_TYPE).astype("int64")
+
+    def sample_types_info(self) -> dict[str, Any]:
+        """Attributes of the sample types (``n_types``, ``method``); ``{}`` without types."""
+        return self._backend.get_attrs(layout.SAMPLE_TYPE) if self.has_sample_types() else {}
+
     # ------------------------------------------------------------------ targets
     def add_target(
         self,
@@ -576,6 +654,11 @@ class ActivationStore:
         if compression not in COMPRESSIONS:
             raise ConfigError("unknown compression", where=f"block {block!r}", expected=COMPRESSIONS,
                               got=repr(compression), fix=did_you_mean(str(compression), COMPRESSIONS) or None)
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer))
+                                       or chunk_rows < 1):
+            raise ConfigError("chunk_rows must be a positive integer", where=f"block {block!r}",
+                              expected=f"None (about 4 MiB per chunk, at least {layout.MIN_CHUNK_ROWS} rows) "
+                                       "or an integer >= 1", got=repr(chunk_rows))
         if self.checkpoint_info(run, checkpoint) is None:
             raise NotFoundError(
                 f"checkpoint {run}/{checkpoint} is not registered", where=str(self.path), fix="call add_checkpoint first"
@@ -691,6 +774,12 @@ class ActivationStore:
         if self._backend.node_kind(array) != "array":
             if missing_ok:
                 return None  # type: ignore[return-value]
+            ckpt = self.checkpoint_info(run, checkpoint)
+            if ckpt is not None and ckpt.complete and self._backend.node_kind(group) == "group":
+                raise StoreFormatError(
+                    f"the array of block {run}/{checkpoint}/{block} is missing in a complete checkpoint",
+                    where=f"{self.path}/{array}", fix=REPAIR_FIX,
+                )
             known = [b.name for b in self.blocks(run, checkpoint, include_incomplete=True)] if self.checkpoint_info(run, checkpoint) else []
             raise NotFoundError(
                 f"no block {block!r} in {run}/{checkpoint}",
@@ -757,7 +846,7 @@ class ActivationStore:
                     where=f"{self.path}/{node}",
                     expected=f"{total} chunks",
                     got=f"{present} chunks on disk",
-                    fix="the store was damaged (copied partially?): re-extract this checkpoint with --overwrite-checkpoint",
+                    fix=REPAIR_FIX,
                 )
         return self._backend.read(node, rows)
 

@@ -13,11 +13,23 @@ without ``kind`` is a set being written, not a set, and is skipped like readers 
 gradients and external set blocks carry their own completion flags, so an unfinished
 one in a complete checkpoint is not a violation (§10) but a "complete" one must be.
 Every message reads ``<node>: <what>, expected <...>, got <...>``.
+
+Damage does not stop the walk: a node whose metadata cannot be read (a corrupt
+``zarr.json``) is listed with the other violations and its siblings are still checked.
+Links that leave the store (symbolic links in a directory store; external links, external
+raw data or virtual sources in an HDF5 file) are listed, as is an outputs block whose
+width is not the number of classes the store records. Splits used for selection or
+reporting that lack classes present in train are not schema violations but make probe
+results misleading: :func:`split_warnings` lists them (``probestore validate`` prints
+them as warnings).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +49,30 @@ LINEAR_REDUCTIONS = ("flatten", "none", "random", "project", "gap")
 SET_ROLES = ("concept", "random")
 #: The first version with the optional nodes of §6.1 and §10.
 NODES_1_1 = (1, 1)
+#: The first version with ``samples/type`` (SCHEMA.md §11).
+NODES_1_2 = (1, 2)
 
 
-def validate_store(path: str | Path) -> list[str]:
-    """Every violation of the schema found in the store at ``path`` (empty when valid)."""
+def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[str]:
+    """Every violation of the schema found in the store at ``path`` (empty when valid).
+
+    ``warnings``, when given, receives what is no schema violation but would make results
+    misleading (:func:`split_warnings`); ``probestore validate`` prints them and exits 0
+    when they are all there is.
+    """
     from storage_schema.store import ActivationStore
 
     try:
         store = ActivationStore.open(path, mode="r")
     except ProbestoreError as exc:
         return [str(exc)]
-    problems: list[str] = []
+    problems: list[str] = _links_leaving(store.backend.path)
     backend = store.backend
     allow_extra = store.schema_version > parse_version(SCHEMA_VERSION, "")
     n = store.n_samples
 
     def check_node_names(node: str, kind: str) -> list[str]:
-        groups, arrays = backend.list_children(node)
+        groups, arrays = _children(backend, node, problems)
         for name in groups + arrays:
             if not is_valid_name(name):
                 problems.append(f"{node}/{name}: invalid {kind} name {name!r}")
@@ -72,54 +91,96 @@ def validate_store(path: str | Path) -> list[str]:
             problems.append(f"{layout.SAMPLE_LABEL}: labels out of range of class_names")
     except ProbestoreError as exc:
         problems.append(str(exc))
+    problems.extend(_sample_type_problems(store))
 
     # --- targets
-    for name in backend.list_children(layout.TARGETS)[1]:
-        node = f"{layout.TARGETS}/{name}"
-        if not is_valid_name(name):
-            problems.append(f"{node}: invalid target name")
-            continue
-        attrs = backend.get_attrs(node)
-        problems.extend(check_fields("target", attrs, node, allow_extra=allow_extra))
-        if attrs.get("kind") not in TARGET_KINDS:
-            problems.append(f"{node}: kind {attrs.get('kind')!r} is not one of {TARGET_KINDS}")
-        shape = backend.array_meta(node)[0]
-        if shape != (n,):
-            problems.append(f"{node}: shape {shape}, expected ({n},)")
+    for name in _children(backend, layout.TARGETS, problems)[1]:
+        with _collect(problems):
+            node = f"{layout.TARGETS}/{name}"
+            if not is_valid_name(name):
+                problems.append(f"{node}: invalid target name")
+                continue
+            attrs = backend.get_attrs(node)
+            problems.extend(check_fields("target", attrs, node, allow_extra=allow_extra))
+            if attrs.get("kind") not in TARGET_KINDS:
+                problems.append(f"{node}: kind {attrs.get('kind')!r} is not one of {TARGET_KINDS}")
+            shape = backend.array_meta(node)[0]
+            if shape != (n,):
+                problems.append(f"{node}: shape {shape}, expected ({n},)")
 
     # --- architectures (shared random indices)
     for arch in check_node_names(layout.ARCHITECTURES, "architecture"):
         for layer in check_node_names(f"{layout.ARCHITECTURES}/{arch}", "layer"):
             node = f"{layout.ARCHITECTURES}/{arch}/{layer}"
-            problems.extend(check_fields("reduction_indices", backend.get_attrs(node), node, allow_extra=allow_extra))
-            if backend.node_kind(f"{node}/indices") != "array":
-                problems.append(f"{node}: missing indices array")
+            with _collect(problems):
+                problems.extend(check_fields("reduction_indices", backend.get_attrs(node), node,
+                                             allow_extra=allow_extra))
+                if backend.node_kind(f"{node}/indices") != "array":
+                    problems.append(f"{node}: missing indices array")
 
     # --- concept example sets (schema 1.1, §10)
-    sets = _validate_concept_sets(store, allow_extra, problems)
+    sets: dict[str, dict[str, Any]] = {}
+    with _collect(problems):
+        sets = _validate_concept_sets(store, allow_extra, problems)
     seen_1_1: list[str] = []  # gradient arrays found (a 1.0 store must not hold any)
 
     # --- runs, checkpoints, blocks
     for run in check_node_names(layout.RUNS, "run"):
-        node = f"{layout.RUNS}/{run}"
-        attrs = backend.get_attrs(node)
-        problems.extend(check_fields("run", attrs, node, allow_extra=allow_extra))
-        if isinstance(attrs.get("corruption"), dict):
-            problems.extend(check_fields("corruption", attrs["corruption"], f"{node} corruption", allow_extra=allow_extra))
-        for array in ("train_labels", "corrupted"):
-            if backend.node_kind(f"{node}/{array}") != "array":
-                problems.append(f"{node}: missing array {array}")
-            elif backend.array_meta(f"{node}/{array}")[0] != (n,):
-                problems.append(f"{node}/{array}: shape {backend.array_meta(f'{node}/{array}')[0]}, expected ({n},)")
-        if backend.node_kind(f"{node}/checkpoints") != "group":
-            problems.append(f"{node}: missing group checkpoints")
-            continue
-        for ckpt in check_node_names(f"{node}/checkpoints", "checkpoint"):
-            problems.extend(_validate_checkpoint(store, run, ckpt, allow_extra, sets, seen_1_1))
+        with _collect(problems):
+            node = f"{layout.RUNS}/{run}"
+            attrs = backend.get_attrs(node)
+            problems.extend(check_fields("run", attrs, node, allow_extra=allow_extra))
+            if isinstance(attrs.get("corruption"), dict):
+                problems.extend(check_fields("corruption", attrs["corruption"], f"{node} corruption",
+                                             allow_extra=allow_extra))
+            for array in ("train_labels", "corrupted"):
+                if backend.node_kind(f"{node}/{array}") != "array":
+                    problems.append(f"{node}: missing array {array}")
+                elif backend.array_meta(f"{node}/{array}")[0] != (n,):
+                    problems.append(f"{node}/{array}: shape {backend.array_meta(f'{node}/{array}')[0]}, "
+                                    f"expected ({n},)")
+            if backend.node_kind(f"{node}/checkpoints") != "group":
+                problems.append(f"{node}: missing group checkpoints")
+                continue
+            for ckpt in check_node_names(f"{node}/checkpoints", "checkpoint"):
+                with _collect(problems):
+                    problems.extend(_validate_checkpoint(store, run, ckpt, allow_extra, sets, seen_1_1))
+                    problems.extend(_logits_width_problems(store, node, ckpt, attrs))
     if store.schema_version < NODES_1_1 and (sets or seen_1_1):
         found = (["concept_sets"] if sets else []) + seen_1_1[:2]
         problems.append(f"/: schema_version '{'.'.join(map(str, store.schema_version))}' with schema-1.1 "
-                        f"nodes, expected '{SCHEMA_VERSION}' (SCHEMA.md §2), got {', '.join(found)}")
+                        f"nodes, expected '{'.'.join(map(str, NODES_1_1))}' (SCHEMA.md §2), got {', '.join(found)}")
+    if warnings is not None:
+        with _collect(problems):
+            warnings.extend(split_warnings(store))
+    return list(dict.fromkeys(problems))  # a damaged node met twice is listed once
+
+
+def _sample_type_problems(store) -> list[str]:
+    """``samples/type`` (schema 1.2, SCHEMA.md §11): one integer per sample, ``n_types`` and ``method``."""
+    backend, node, n = store.backend, layout.SAMPLE_TYPE, store.n_samples
+    kind = backend.node_kind(node)
+    if kind is None:
+        return []
+    if kind != "array":
+        return [f"{node}: expected an array, got a {kind}"]
+    attrs = backend.get_attrs(node)
+    if "n_types" not in attrs:
+        return []  # being written (the attributes come last), like a run without its metadata
+    problems = []
+    if store.schema_version < NODES_1_2:
+        problems.append(f"/: schema_version '{'.'.join(map(str, store.schema_version))}' with {node}, "
+                        f"expected '{'.'.join(map(str, NODES_1_2))}' (SCHEMA.md §2), got an older version")
+    shape, dtype, _ = backend.array_meta(node)
+    if shape != (n,) or np.dtype(dtype).kind not in "iu":
+        return [*problems, f"{node}: expected an integer array of shape ({n},), got {dtype} {shape}"]
+    n_types = int(np.unique(backend.read(node)).size)
+    if attrs.get("n_types") != n_types:
+        problems.append(f"{node}: attribute n_types does not count the distinct ids, expected {n_types}, "
+                        f"got {attrs.get('n_types')!r}")
+    if not isinstance(attrs.get("method"), dict):
+        got = "nothing" if "method" not in attrs else type(attrs["method"]).__name__
+        problems.append(f"{node}: attribute method, expected an object, got {got}")
     return problems
 
 
@@ -133,7 +194,7 @@ def _validate_checkpoint(store, run: str, ckpt: str, allow_extra: bool,
     complete = attrs.get("complete") is True
     blocks = []
     if backend.node_kind(f"{node}/layers") == "group":
-        groups, _ = backend.list_children(f"{node}/layers")
+        groups, _ = _children(backend, f"{node}/layers", problems)
         blocks += [(name, f"{node}/layers/{name}", layout.FEATURES_ARRAY) for name in groups]
     if backend.node_kind(f"{node}/{layout.OUTPUTS}") == "group":
         blocks.append((layout.OUTPUTS, f"{node}/{layout.OUTPUTS}", layout.LOGITS_ARRAY))
@@ -142,38 +203,39 @@ def _validate_checkpoint(store, run: str, ckpt: str, allow_extra: bool,
     if complete and not blocks:
         problems.append(f"{node}: complete checkpoint without blocks")
     for name, group, array_name in blocks:
-        if not is_valid_name(name):
-            problems.append(f"{group}: invalid layer name")
-            continue
-        battrs = backend.get_attrs(group)
-        problems.extend(check_fields("block", battrs, group, allow_extra=allow_extra))
-        if battrs.get("kind") not in BLOCK_KINDS:
-            problems.append(f"{group}: kind {battrs.get('kind')!r} is not one of {BLOCK_KINDS}")
-        array = f"{group}/{array_name}"
-        if backend.node_kind(array) != "array":
-            problems.append(f"{group}: missing array {array_name}")
-            continue
-        shape, dtype, chunks = backend.array_meta(array)
-        if array_name == layout.FEATURES_ARRAY:
-            problems.extend(_validate_extras(store, group, battrs, chunks[0], allow_extra, seen_1_1))
-        if shape != (n, battrs.get("n_features")):
-            problems.append(f"{array}: shape {shape}, expected ({n}, {battrs.get('n_features')})")
-        if dtype.kind != "f":
-            problems.append(f"{array}: dtype {dtype}, expected float32 or float16")
-        block_complete = battrs.get("complete") is True
-        if complete and not block_complete:
-            problems.append(f"{group}: checkpoint is marked complete but this block is not")
-        if block_complete:
-            present, total = backend.initialized_chunks(array)
-            if present < total:
-                problems.append(f"{array}: {total - present} of {total} chunks missing in a complete block")
-            else:
-                try:
-                    values = backend.read(array)
-                    if not np.isfinite(values).all():
-                        problems.append(f"{array}: contains NaN/Inf")
-                except ProbestoreError as exc:
-                    problems.append(str(exc))
+        with _collect(problems):
+            if not is_valid_name(name):
+                problems.append(f"{group}: invalid layer name")
+                continue
+            battrs = backend.get_attrs(group)
+            problems.extend(check_fields("block", battrs, group, allow_extra=allow_extra))
+            if battrs.get("kind") not in BLOCK_KINDS:
+                problems.append(f"{group}: kind {battrs.get('kind')!r} is not one of {BLOCK_KINDS}")
+            array = f"{group}/{array_name}"
+            if backend.node_kind(array) != "array":
+                problems.append(f"{group}: missing array {array_name}")
+                continue
+            shape, dtype, chunks = backend.array_meta(array)
+            if array_name == layout.FEATURES_ARRAY:
+                problems.extend(_validate_extras(store, group, battrs, chunks[0], allow_extra, seen_1_1))
+            if shape != (n, battrs.get("n_features")):
+                problems.append(f"{array}: shape {shape}, expected ({n}, {battrs.get('n_features')})")
+            if dtype.kind != "f":
+                problems.append(f"{array}: dtype {dtype}, expected float32 or float16")
+            block_complete = battrs.get("complete") is True
+            if complete and not block_complete:
+                problems.append(f"{group}: checkpoint is marked complete but this block is not")
+            if block_complete:
+                present, total = backend.initialized_chunks(array)
+                if present < total:
+                    problems.append(f"{array}: {total - present} of {total} chunks missing in a complete block")
+                else:
+                    try:
+                        values = backend.read(array)
+                        if not np.isfinite(values).all():
+                            problems.append(f"{array}: contains NaN/Inf")
+                    except ProbestoreError as exc:
+                        problems.append(str(exc))
     if backend.node_kind(f"{node}/{CONCEPT_SETS}") == "group":
         problems.extend(_validate_concept_blocks(store, node, sets, allow_extra))
     return problems
@@ -216,12 +278,48 @@ def _validate_extras(store, group: str, battrs: dict[str, Any], chunk_rows: int,
             problems.append(f"{node}: chunk rows differ from the block's, expected {chunk_rows}, got {chunks[0]}")
         if name == GRAD_ARRAY:
             seen_1_1.append(node)
-            problems.extend(_validate_gradient(backend, node, battrs, shape, dtype, n, allow_extra))
+            problems.extend(_validate_gradient(backend, node, battrs, shape, dtype, n, allow_extra,
+                                               store.schema_version))
     return problems
 
 
+def lift_scale_for(reduction: Any, source_shape: Any = None) -> float | None:
+    """The ``lift_scale`` SCHEMA.md §6.1 prescribes for a linear reduction (None: undecidable).
+
+    With ``R Rᵀ = c·I`` the lift ``u = Rᵀ v / c`` moves the reduced features by exactly
+    ``v`` and is the minimum-norm such move, so the derivative it stands for is
+    ``⟨g, u⟩ = ⟨R g, v⟩ / c``: ``lift_scale = 1/c``. ``flatten`` / ``random:K``: ``c = 1``;
+    ``gap`` (the mean over H·W positions): ``c = 1/(H·W)``; ``project:K`` (``R = Wᵀ``,
+    entries of ``W`` drawn from N(0, 1/K)): ``E[WᵀW] = (D/K)·I`` with D the flattened
+    size, so ``lift_scale = K/D`` (exact in expectation; see §6.1 for the deviation).
+    One function for the writer (``extract.gradients``), the validator and the readers.
+    """
+    if not isinstance(reduction, dict):
+        return None
+    kind = reduction.get("kind")
+    if kind in ("flatten", "none", "random"):
+        return 1.0
+    shape = source_shape if source_shape is not None else reduction.get("source_shape")
+    if not (isinstance(shape, (list, tuple)) and shape
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        return None
+    if kind == "gap":
+        return float(math.prod(shape[1:])) if len(shape) >= 2 else None
+    if kind == "project":
+        params = reduction.get("params")
+        k = params.get("k") if isinstance(params, dict) else None
+        k = reduction.get("n_features") if k is None else k
+        if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+            return k / float(math.prod(shape))
+    return None
+
+
+#: Schema versions before 1.2 recorded ``lift_scale = 1`` for ``project:K`` (superseded).
+PROJECT_LIFT_FIXED = (1, 2)
+
+
 def _validate_gradient(backend, node: str, battrs: dict[str, Any], shape, dtype, n: int,
-                       allow_extra: bool) -> list[str]:
+                       allow_extra: bool, version: tuple[int, ...] = PROJECT_LIFT_FIXED) -> list[str]:
     """``grad_own_logit`` (§6.1): attributes, shape, linear reduction, ``lift_scale``, completion."""
     attrs = backend.get_attrs(node)
     problems = check_fields("gradient", attrs, node, allow_extra=allow_extra)
@@ -245,16 +343,13 @@ def _validate_gradient(backend, node: str, battrs: dict[str, Any], shape, dtype,
                             f"{battrs['reduction']!r:.120}, got {reduction!r:.120}")
         scale = attrs.get("lift_scale")
         if isinstance(scale, (int, float)) and not isinstance(scale, bool):
-            source = battrs.get("source_shape", reduction.get("source_shape"))
-            expected: float | None = 1.0
-            if kind == "gap":
-                spatial = source[1:] if isinstance(source, list) and len(source) >= 2 else None
-                ok = spatial is not None and all(isinstance(s, int) and not isinstance(s, bool) for s in spatial)
-                expected = float(math.prod(spatial)) if ok and spatial is not None else None
+            expected = lift_scale_for(reduction, battrs.get("source_shape", reduction.get("source_shape")))
+            old_project = kind == "project" and tuple(version) < PROJECT_LIFT_FIXED and scale == 1
             if not (math.isfinite(scale) and scale > 0):
                 problems.append(f"{node}: attribute 'lift_scale', expected a finite number > 0, got {scale!r}")
-            elif expected is not None and not math.isclose(scale, expected, rel_tol=1e-9):
-                what = "H·W of source_shape" if kind == "gap" else f"1 for reduction {kind!r}"
+            elif expected is not None and not old_project and not math.isclose(scale, expected, rel_tol=1e-9):
+                what = {"gap": "H·W of source_shape", "project": "K / prod(source_shape)"}.get(
+                    str(kind), f"1 for reduction {kind!r}")
                 problems.append(f"{node}: attribute 'lift_scale', expected {expected:g} ({what}), got {scale!r}")
     rows_done = attrs.get("rows_done")
     rows_ok = isinstance(rows_done, int) and not isinstance(rows_done, bool)
@@ -416,3 +511,174 @@ def _validate_concept_blocks(store, ckpt_node: str, sets: dict[str, dict[str, An
             if complete:
                 problems.extend(_complete_array_problems(backend, array, "concept set block"))
     return problems
+
+
+# --------------------------------------------------------------------------- damage, links, widths, splits
+
+
+@contextmanager
+def _collect(problems: list[str]) -> Iterator[None]:
+    """Run the checks of one node; a node whose metadata cannot be read (a corrupt
+    ``zarr.json``, a non-JSON HDF5 attribute) becomes a listed violation and the walk
+    goes on with the next node, so one damaged file does not hide the others."""
+    try:
+        yield
+    except ProbestoreError as exc:
+        problems.append(str(exc))
+
+
+def _children(backend, node: str, problems: list[str]) -> tuple[list[str], list[str]]:
+    """``backend.list_children`` that survives damaged children.
+
+    Listing reads every child's metadata; when one is unreadable, a directory store is
+    listed again child by child, the unreadable ones listed as violations and their
+    siblings still returned (a single-file store has no finer unit: its error is listed).
+    """
+    try:
+        return backend.list_children(node)
+    except ProbestoreError as exc:
+        first = str(exc)
+    base = Path(backend.path) / node if node else Path(backend.path)
+    if not base.is_dir():
+        problems.append(first)
+        return [], []
+    try:
+        backend.node_kind(node)
+    except ProbestoreError as exc:  # the node itself is unreadable: nothing below it can be listed
+        problems.append(str(exc))
+        return [], []
+    groups: list[str] = []
+    arrays: list[str] = []
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            kind = backend.node_kind(f"{node}/{entry.name}" if node else entry.name)
+        except ProbestoreError as exc:
+            problems.append(str(exc))
+            continue
+        if kind == "group":
+            groups.append(entry.name)
+        elif kind == "array":
+            arrays.append(entry.name)
+    return groups, arrays
+
+
+def _inside(target: str, root: str) -> bool:
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _links_leaving(path: str | Path) -> list[str]:
+    """Links that lead out of the store: readers would follow them silently.
+
+    A directory store may contain symbolic links (to files or directories) only when they
+    resolve inside the store; an HDF5 store may not hold external links, external raw data
+    or virtual datasets sourced from other files. The links are reported, not followed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        root = os.path.realpath(path)
+        problems = []
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            for name in sorted(dirnames + filenames):
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full) and not _inside(os.path.realpath(full), root):
+                    rel = os.path.relpath(full, path).replace(os.sep, "/")
+                    problems.append(f"{rel}: symbolic link leaving the store, expected a file or directory inside "
+                                    f"{path.name}, got a link to {os.readlink(full)}")
+        return problems
+    return _h5_links_leaving(path)
+
+
+def _h5_links_leaving(path: Path) -> list[str]:
+    import h5py
+
+    problems: list[str] = []
+
+    def visit(group, prefix: str) -> None:
+        for name in sorted(group):
+            node = f"{prefix}{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                problems.append(f"{node}: external link leaving the store, expected a node inside {path.name}, "
+                                f"got a link to {link.filename}:{link.path}")
+                continue
+            if isinstance(link, h5py.SoftLink):
+                continue  # a path inside the file; its target is checked where it lives
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                visit(obj, f"{node}/")
+            elif obj.external:
+                problems.append(f"{node}: raw data in external file(s), expected data inside {path.name}, "
+                                f"got {', '.join(str(e[0]) for e in obj.external)}")
+            elif obj.is_virtual and any(s.file_name != "." for s in obj.virtual_sources()):
+                files = sorted({s.file_name for s in obj.virtual_sources() if s.file_name != "."})
+                problems.append(f"{node}: virtual dataset sourced from other file(s), expected data inside "
+                                f"{path.name}, got {', '.join(files)}")
+
+    try:
+        with h5py.File(path, "r") as handle:
+            visit(handle, "")
+    except OSError:
+        return []  # unreadable: opening the store already said so
+    return problems
+
+
+def _logits_width_problems(store, run_node: str, ckpt: str, run_attrs: dict[str, Any]) -> list[str]:
+    """The outputs block holds one logit per class the store records: the run's
+    ``model.num_classes`` when recorded, else ``len(class_names)`` (SCHEMA.md §4.3, §6)."""
+    group = f"{run_node}/checkpoints/{ckpt}/{layout.OUTPUTS}"
+    if store.backend.node_kind(group) != "group":
+        return []
+    width = store.backend.get_attrs(group).get("n_features")
+    model = run_attrs.get("model")
+    recorded = model.get("num_classes") if isinstance(model, dict) else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+        expected, source = recorded, "the run's model.num_classes"
+    else:
+        expected, source = len(store.dataset.class_names), "len(class_names)"
+    if not _is_int(width) or width == expected:
+        return []  # a mistyped n_features is reported by the block's field check
+    return [f"{group}: logits width differs from the number of classes, expected {expected} ({source}), "
+            f"got n_features {width}"]
+
+
+def split_warnings(store) -> list[str]:
+    """Selection and reporting splits that lack classes present in train.
+
+    A classifier probe selects C on ``valid`` and reports on ``test``: a class present
+    in train but absent from such a split makes both numbers describe another problem
+    (issue: a valid split with one class picked C = 1e-4 and a test error at chance,
+    status ok). Checked for the true labels and for the training labels of every run
+    whose training labels differ from them (its probes on training labels use them in
+    every split). Stratified splits (``extract.splits``) never trigger it.
+    """
+    names = list(store.dataset.split_names)
+    if "train" not in names:
+        return []
+    try:
+        splits, labels = store.splits(), store.labels()
+    except ProbestoreError:
+        return []  # listed as a violation
+    class_names = list(store.dataset.class_names)
+    sets = [(layout.SAMPLE_LABEL, "true labels", labels)]
+    for run in store.runs():
+        try:
+            train_labels = store.train_labels(run)
+        except ProbestoreError:
+            continue  # listed as a violation
+        if train_labels.shape == labels.shape and not np.array_equal(train_labels, labels):
+            sets.append((f"{layout.RUNS}/{run}/train_labels", f"training labels of run {run!r}", train_labels))
+    out = []
+    for node, what, y in sets:
+        in_train = np.unique(y[splits == names.index("train")])
+        for split in ("valid", "test"):
+            if split not in names:
+                continue
+            missing = np.setdiff1d(in_train, y[splits == names.index(split)])
+            if missing.size:
+                shown = [class_names[c] if 0 <= c < len(class_names) else int(c) for c in missing.tolist()]
+                out.append(f"{node}: split {split!r} lacks {missing.size} of the {in_train.size} classes present "
+                           f"in train ({what}), expected every train class (probes select on valid and report on "
+                           f"test), got none of {shown[:10]}{' ...' if len(shown) > 10 else ''}")
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from storage_schema.errors import SchemaVersionError, StoreFormatError
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SUPPORTED_MAJOR_VERSIONS = (1,)
 FORMAT_NAME = "probestore"
 

@@ -1,4 +1,7 @@
-"""Concept measures: hand computations, scikit-image references, real data, parallel = serial."""
+"""Concept measures of the ``probestore_v1`` preset (colour.py, texture.py, shape.py), user
+concepts, and compute_concepts mechanics: hand computations, scikit-image references, real
+data, parallel = serial. The default ``graziani2019`` preset: tests/test_concept_presets.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import colorsys
 import gzip
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +29,11 @@ from extract.concepts import (
     texture,
 )
 from storage_schema.errors import ConfigError, DataError, NotFoundError
+from tests.conftest import DTD_DIR, MNIST_DIR, require_data
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MNIST = DATA / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
-DTD = DATA / "dtd10"
+MNIST = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
+DTD = DTD_DIR
+V1 = "probestore_v1"  # the preset these definitions belong to
 
 
 def solid(rgb, size=(6, 6)):
@@ -239,8 +242,7 @@ def test_empty_foreground_is_zeros():
 
 
 def read_mnist(n):
-    if not MNIST.exists():
-        pytest.skip(f"MNIST test images not found at {MNIST}")
+    require_data(MNIST)
     with gzip.open(MNIST) as f:
         magic, count, rows, cols = np.frombuffer(f.read(16), ">u4")
         assert magic == 2051
@@ -249,9 +251,9 @@ def read_mnist(n):
 
 def read_dtd(n, size=64):
     Image = pytest.importorskip("PIL.Image")
-    files = sorted(DTD.glob("*/*.jpg"))[::97][:n] if DTD.exists() else []
-    if len(files) < n:
-        pytest.skip(f"DTD images not found under {DTD}")
+    require_data(DTD)
+    files = sorted(DTD.glob("*/*.jpg"))[::97][:n]
+    assert len(files) >= n, f"expected {n} DTD images under {DTD}, found {len(files)}"
     return [np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files]
 
 
@@ -271,8 +273,8 @@ def test_mnist_shape_concepts_are_plausible():
 
 def test_dtd_colour_texture_finite_and_parallel_equals_serial():
     images = read_dtd(8)
-    serial = compute_concepts(images, n_jobs=1, progress=False)
-    parallel = compute_concepts(images, n_jobs=2, progress=False, chunk_size=3)
+    serial = compute_concepts(images, n_jobs=1, progress=False, preset=V1)
+    parallel = compute_concepts(images, n_jobs=2, progress=False, chunk_size=3, preset=V1)
     assert list(serial) == CONCEPT_FAMILIES["colour"] + CONCEPT_FAMILIES["texture"]
     for name in serial:
         assert np.isfinite(serial[name]).all(), name
@@ -307,8 +309,9 @@ def test_parallel_over_lazy_dataset_matches_serial_in_order():
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, (6 + i % 5, 9, 3), dtype=np.uint8) for i in range(23)]
     fams = ("colour", "texture", "shape")
-    serial = compute_concepts(LazyDataset(images), fams, n_jobs=1, progress=False)
-    parallel = compute_concepts(LazyDataset(images), fams, n_jobs=2, progress=False, chunk_size=4)
+    serial = compute_concepts(LazyDataset(images), fams, n_jobs=1, progress=False, preset=V1)
+    parallel = compute_concepts(LazyDataset(images), fams, n_jobs=2, progress=False, chunk_size=4,
+                                preset=V1)
     for name in serial:
         np.testing.assert_array_equal(parallel[name], serial[name])
     assert serial["area"][17] == shape.shape_concepts(images[17])[0]
@@ -321,7 +324,7 @@ def test_family_validation():
         compute_concepts([], families=[], progress=False)
     for bad in [{"n_jobs": 0}, {"chunk_size": 0}, {"texture_levels": 1}, {"n_jobs": True}]:
         with pytest.raises(ConfigError):
-            compute_concepts([], progress=False, **bad)
+            compute_concepts([], progress=False, preset=V1, **bad)
     got = compute_concepts([], families="shape", progress=False)  # a bare string is one family
     assert list(got) == ["area", "eccentricity", "perimeter"] and got["area"].shape == (0,)
 
@@ -343,7 +346,8 @@ def test_bad_image_names_its_index(bad, match, n_jobs):
 
 
 def test_one_pixel_side_is_fine_without_texture():
-    got = compute_concepts([np.full((1, 5), 255, np.uint8)], families=["shape"], progress=False)
+    got = compute_concepts([np.full((1, 5), 255, np.uint8)], families=["shape"], progress=False,
+                           preset=V1)
     assert got["area"][0] == 5
 
 
@@ -356,8 +360,9 @@ def test_descriptions_cover_every_concept():
     names = [n for family in CONCEPT_FAMILIES.values() for n in family]
     assert len(names) == len(set(names)) == 20
     assert sorted(CONCEPT_DESCRIPTIONS) == sorted(names)
-    assert "16 levels" in concept_descriptions(16)["contrast"]
-    assert "32 levels" in CONCEPT_DESCRIPTIONS["contrast"]
+    assert "16 levels" in concept_descriptions(V1, 16)["contrast"]
+    assert "32 levels" in concept_descriptions(V1)["contrast"]
+    assert concept_descriptions(V1)["contrast"] == "probestore_v1: " + texture.DESCRIPTIONS["contrast"]
 
 
 def test_concepts_never_import_torch():

@@ -13,14 +13,12 @@ from PIL import Image
 from extract.datasets import DatasetSpec, load_dataset
 from extract.idx import read_idx, read_idx_folder
 from storage_schema.errors import ConfigError, DataError
+from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
-MNIST = DATA / "mnist-t10k"
-DTD = DATA / "dtd10"
-needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason="shared MNIST data not present")
-needs_dtd = pytest.mark.skipif(not DTD.is_dir(), reason="shared DTD data not present")
+MNIST = MNIST_DIR
+DTD = DTD_DIR
+needs_mnist = needs_data(MNIST)
+needs_dtd = needs_data(DTD)
 
 
 def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> Path:

@@ -1,14 +1,18 @@
 """The demo's pipeline shrunk to seconds: train → extract → analyze → report on real MNIST.
 
-``make demo`` runs these four commands on two experiments for ~12 minutes; this test
+``make demo`` runs these four commands on three experiments; this test
 runs the same commands, as subprocesses exactly as a user types them, on 600 MNIST t10k
 images with a 2 x 32 MLP trained for 3 epochs (a generalizing and a 0.5-memorizing run),
 so that a change that breaks the hand-over between two stages (a column the report
 expects, a layer name the analysis cannot find) fails here and not at the end of a demo.
+The third experiment, Alain & Bengio's MNIST convnet, runs from its own experiment file
+(``experiments/mnist_convnet_probes.toml``), shrunk to 400 images and 1 epoch.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -19,8 +23,9 @@ import pandas as pd
 import pytest
 
 from analyze.report import findings as FD
+from tests.conftest import MNIST_DIR, needs_data
 
-MNIST = Path("/work/shared/data/mnist-t10k")
+MNIST = MNIST_DIR
 PNG = b"\x89PNG\r\n\x1a\n"
 RUNS = {"generalizing": 0.0, "memorizing-0.5": 0.5}
 EPOCHS = (0, 1, 3)
@@ -79,14 +84,15 @@ max_iter = 200
 tol = 1e-4
 """
 
-pytestmark = [pytest.mark.skipif(not MNIST.is_dir(), reason="shared MNIST data missing"), pytest.mark.slow]
+pytestmark = [needs_data(MNIST), pytest.mark.slow]
 
 
-def probestore(*args: str, cwd: Path) -> str:
+def probestore(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run ``probestore ARGS`` as a user would; fail with its output when it fails."""
     exe = Path(sys.executable).with_name("probestore")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "storage_schema"]
-    done = subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=180)
+    done = subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
+                          env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, f"probestore {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
 
@@ -120,6 +126,8 @@ def test_report_pages_and_images(demo):
         assert line is not None, statement
         assert line.endswith(("*holds*.", "*does not hold*.", "*not testable*.")), line
     assert "Layers (model order): input, relu1, relu2" in md
+    # An MLP is not the setting of Alain & Bengio's claims: both of their findings say so.
+    assert md.count("  - setting: NOT the paper's: mlp on ") == 2
     # Trained for 3 epochs on real digits: the generalizing network separates them far better than chance.
     assert "**" + FD.TRAINING + "**: *holds*" in md
 
@@ -160,3 +168,77 @@ def test_results_table_contents(demo):
     clf = df[(df["probe"] == "classifier") & (df["target"] == "true_labels") & (df["layer"] == "relu2")
              & (df["run"] == "generalizing")].set_index("epoch")["test_error"]
     assert clf[3] < 0.5
+
+
+# ---------------------------------------------------------------------- A&B's MNIST convnet, from its file
+REPO = Path(__file__).resolve().parents[1]
+CONVNET_TOML = REPO / "experiments" / "mnist_convnet_probes.toml"
+AB_PROBES = ("input", "conv1_preact", "conv1_postact", "conv1_postpool", "conv2_preact", "conv2_postact",
+             "conv2_postpool", "fc1_preact", "fc1_postact", "logits")  # fmt: skip
+CONVNET_EPOCHS = (0, 1)
+
+
+def shrink(text: str, subs: dict[str, str]) -> str:
+    """Replace whole ``key = value`` lines of a TOML text; each key must occur exactly once."""
+    for key, value in subs.items():
+        text, n = re.subn(rf"^{re.escape(key)} = .*$", f"{key} = {value}", text, flags=re.M)
+        assert n == 1, f"{key!r} occurs {n} times in {CONVNET_TOML.name}"
+    return text
+
+
+@pytest.fixture(scope="module")
+def convnet(tmp_path_factory):
+    """The demo's convnet experiment file, shrunk; its data found through $PROBESTORE_DATA."""
+    root = tmp_path_factory.mktemp("convnet")
+    text = shrink(CONVNET_TOML.read_text(), {
+        "store": '"out/convnet.zarr"', "checkpoints_dir": '"out/checkpoints"',
+        "subset": '"test"\nmax_samples = 400', "epochs": "1", "save_epochs": str(list(CONVNET_EPOCHS)),
+        "Cs": "[0.1]", "tol": "1e-3",
+    })  # fmt: skip
+    (root / "exp.toml").write_text(text)
+    env = {"PROBESTORE_DATA": str(MNIST.parent)}
+    probestore("train", "exp.toml", "--quiet", cwd=root, env=env)
+    probestore("extract", "exp.toml", cwd=root, env=env)
+    probestore("analyze", "out/convnet.zarr", "--config", "exp.toml", "-o", "out/results.parquet",
+               "--scheduler", "none", "--no-progress", cwd=root)
+    probestore("report", "out/results.parquet", "--store", "out/convnet.zarr", "-o", "out/report", cwd=root)
+    return root
+
+
+def test_convnet_experiment_probes_every_layer_at_every_checkpoint(convnet):
+    df = pd.read_parquet(convnet / "out" / "results.parquet")
+    assert set(df["probe"]) == {"classifier"} and set(df["run"]) == {"generalizing"}
+    assert set(df["epoch"]) == set(CONVNET_EPOCHS)
+    assert sorted(zip(df["layer"], df["epoch"])) == sorted((la, e) for la in AB_PROBES for e in CONVNET_EPOCHS)
+    assert (df["status"] == "ok").all()
+    # The conv layers keep 784 random features (as many as the pixels); fc1 and logits all of theirs.
+    n = df.drop_duplicates("layer").set_index("layer")["n_features"].to_dict()
+    assert n == {la: 784 for la in AB_PROBES[:7]} | {"fc1_preact": 512, "fc1_postact": 512, "logits": 10}
+    # The pixels are the same at every checkpoint, so are their probes.
+    assert df.loc[df["layer"] == "input", "test_error"].nunique() == 1
+
+
+def test_convnet_report_tests_alain_bengio_in_their_setting(convnet):
+    md = (convnet / "out" / "report" / "report.md").read_text()
+    assert "Layers (model order): " + ", ".join(AB_PROBES) in md
+    for statement in (FD.DEPTH, FD.RANDOM):
+        start = md.index(f"- **{statement}**: *")
+        block = md[start:md.index("\n- **", start + 1)]
+        assert block.splitlines()[0].endswith(("*holds*.", "*does not hold*.")), block
+        assert "  - setting: the paper's (ab_mnist_convnet on mnist-t10k)" in block
+        # Every probe of Fig. 2, input to logits, is in the numbers behind the verdict.
+        per_layer = next(ln for ln in block.splitlines() if "test error per layer:" in ln)
+        assert [item.split()[0] for item in per_layer.split(": ", 1)[1].split("; ")] == list(AB_PROBES)
+    html = (convnet / "out" / "report" / "index.html").read_text()
+    for src in re.findall(r"<img src='([^']+)'", html):
+        assert (convnet / "out" / "report" / src).read_bytes().startswith(PNG), src
+
+
+def test_demo_runs_the_convnet_experiment_and_links_its_report(tmp_path):
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "experiments" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.EXPERIMENTS["convnet"] == CONVNET_TOML
+    reports = {key: tmp_path / f"report-{key}" / "index.html" for key in demo.EXPERIMENTS}
+    page = demo.write_index(tmp_path, reports, [("convnet: train", 1.0)]).read_text()
+    assert "<a href=\"report-convnet/index.html\">Alain &amp; Bengio&#x27;s own setting" in page

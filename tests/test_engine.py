@@ -13,7 +13,7 @@ EPOCHS = (0, 1, 3)
 
 
 def make_store(path, *, n=240, n_classes=4, runs=RUNS, layers=LAYERS, epochs=EPOCHS, seed=0,
-               extra_targets=None, labels=None):
+               extra_targets=None, labels=None, types=True):
     """A small store: class-structured Gaussian features, targets linear in them + noise.
 
     A latent ``z`` (class means + noise) drives everything: each layer is a random linear
@@ -30,6 +30,8 @@ def make_store(path, *, n=240, n_classes=4, runs=RUNS, layers=LAYERS, epochs=EPO
     store = create_store(path, dataset_name="synthetic", sample_ids=[f"s{i:04d}" for i in range(n)],
                          labels=y, splits=splits, class_names=[f"c{k}" for k in range(n_classes)],
                          source={"kind": "synthetic"}, config={"seed": seed})
+    if types:  # the control task's recurring types (own generator: the data below stay as they were)
+        store.set_sample_types(np.random.default_rng(seed + 100).integers(0, 24, n), method={"kind": "test"})
     centers = rng.normal(size=(n_classes, 5)) * 1.2
     z = centers[y] + rng.normal(size=(n, 5))
     store.add_target("area", z @ rng.normal(size=5) + 0.3 * rng.normal(size=n), "continuous")
@@ -81,10 +83,12 @@ from sklearn.metrics import log_loss, mean_squared_error, r2_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from analyze.block_task import INNER_FRACTION, INNER_SEED  # noqa: E402
 from analyze.config import AnalysisConfig  # noqa: E402
 from analyze.controls import control_labels  # noqa: E402
 from analyze.engine import dry_run, run_analysis  # noqa: E402
 from analyze.results import NONDETERMINISTIC_COLUMNS, read_metadata, read_table, results_paths  # noqa: E402
+from analyze.solvers.logistic import inner_split  # noqa: E402
 from storage_schema.errors import ConfigError, FingerprintMismatchError  # noqa: E402
 from storage_schema.store import open_store  # noqa: E402
 
@@ -122,22 +126,31 @@ def _splits(store_path, run, ckpt, layer):
         X = s.read_layer(run, ckpt, layer).astype(np.float64)
         codes = s.splits()
         data = {"labels": s.labels(), "train_labels": s.train_labels(run), "corrupted": s.corrupted_mask(run),
+                "types": s.sample_types(),
                 "area": s.read_target("area"), "eccentricity": s.read_target("eccentricity"),
                 "K": len(s.dataset.class_names)}
     idx = {name: np.flatnonzero(codes == c) for c, name in enumerate(("train", "valid", "test"))}
     return X, idx, data
 
 
-def _sklearn_classifier(X, idx, y, K):
+def _sklearn_classifier(X, idx, y, K, Cs=CS):
     """Per C a LogisticRegression on standardized features; select on valid cross-entropy."""
     scaler = StandardScaler().fit(X[idx["train"]])
     Z = {s: scaler.transform(X[i]) for s, i in idx.items()}
     fits = []
-    for C in CS:
+    for C in Cs:
         clf = LogisticRegression(C=C, tol=1e-10, max_iter=20000).fit(Z["train"], y[idx["train"]])
         fits.append((log_loss(y[idx["valid"]], clf.predict_proba(Z["valid"]), labels=range(K)), C, clf))
     best = min(fits, key=lambda f: f[0])  # first minimum: the smaller C on ties, like the engine
     return best[1], best[2], Z
+
+
+def _sklearn_inner_C(X, idx, y, K):
+    """The training-label rule with scikit-learn: select C on the inner split of train."""
+    tr = idx["train"]
+    held = inner_split(y[tr], INNER_FRACTION, INNER_SEED)
+    inner = {"train": tr[~held], "valid": tr[held]}
+    return _sklearn_classifier(X, inner, y, K)[0]
 
 
 @pytest.mark.parametrize(("run", "target"), [("clean", "true_labels"), ("noisy", "train_labels"),
@@ -146,10 +159,17 @@ def test_classifier_rows_match_sklearn(analysed, run, target):
     store, _, table = analysed
     X, idx, d = _splits(store, run, "epoch_0001", "l2")
     y = {"true_labels": d["labels"], "train_labels": d["train_labels"],
-         "control_labels": control_labels(d["labels"], d["K"], 0)}[target]
-    C, clf, Z = _sklearn_classifier(X, idx, y, d["K"])
+         "control_labels": control_labels(d["types"], d["labels"], d["K"], 0)}[target]
+    t = table.set_index("probe_id")
+    if target == "control_labels":  # Hewitt & Liang: no own selection, the true-label probe's C
+        Cs = (t.loc[f"{run}/epoch_0001/l2/classifier/true_labels", "hyperparameter_value"],)
+    elif target == "train_labels":  # selected on held-out samples that carry the training labels
+        Cs = (_sklearn_inner_C(X, idx, y, d["K"]),)
+    else:
+        Cs = CS
+    C, clf, Z = _sklearn_classifier(X, idx, y, d["K"], Cs)
     probe = "control" if target == "control_labels" else "classifier"
-    row = table.set_index("probe_id").loc[f"{run}/epoch_0001/l2/{probe}/{target}"]
+    row = t.loc[f"{run}/epoch_0001/l2/{probe}/{target}"]
     assert row["status"] == "ok" and row["hyperparameter"] == "C"
     assert row["hyperparameter_value"] == C
     for split in ("train", "valid", "test"):
@@ -175,8 +195,10 @@ def test_selectivity_is_true_minus_control_accuracy(analysed):
     for run in ("clean", "noisy"):
         true = t.loc[f"{run}/epoch_0003/l1/classifier/true_labels"]
         ctrl = t.loc[f"{run}/epoch_0003/l1/control/control_labels"]
-        assert true["selectivity_train"] == pytest.approx((1 - true["train_error"]) - (1 - ctrl["train_error"]))
-        assert true["selectivity_test"] == pytest.approx((1 - true["test_error"]) - (1 - ctrl["test_error"]))
+        for split in ("train", "valid", "test"):
+            assert true[f"selectivity_{split}"] == pytest.approx((1 - true[f"{split}_error"])
+                                                                 - (1 - ctrl[f"{split}_error"]))
+        assert ctrl["hyperparameter_value"] == true["hyperparameter_value"]
         assert true["selectivity_test"] > 0.2  # class-structured features: the layer, not the probe
     assert table.loc[table.probe != "classifier", "selectivity_test"].isna().all()
 

@@ -98,20 +98,26 @@ def test_classifier_probe_on_digits_with_string_labels():
 
 
 def test_estimators_raise_clear_errors():
+    """probestore's one-line errors, which are also the ValueErrors scikit-learn users catch."""
     X, Y = regression_data(T=1)
     Xn = X.copy()
     Xn[0, 0] = np.nan
-    with pytest.raises(DataError, match="NaN or Inf"):
+    with pytest.raises(DataError, match="Input X contains NaN; in RCVProbe.fit; expected .*; fix: drop or impute"):
         RCVProbe().fit(Xn, Y[:, 0])
-    with pytest.raises(DataError, match="constant"):
+    with pytest.raises(ValueError, match="constant in the train split"):
         RCVProbe().fit(X, np.ones(300))
-    with pytest.raises(DataError, match="single class"):
+    with pytest.raises(DataError, match="only one class"):
         ClassifierProbe().fit(X, np.zeros(300, dtype=int))
-    with pytest.raises(DataError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match="Input X contains NaN; in ClassifierProbe.fit"):
         ClassifierProbe().fit(Xn, (Y[:, 0] > 0).astype(int))
     probe = RCVProbe().fit(X, Y[:, 0])
-    with pytest.raises(DataError, match="wrong feature matrix"):
+    with pytest.raises(DataError, match="X has 3 features, but RCVProbe is expecting 12 features as input; in "
+                                        "RCVProbe.predict; expected a finite numeric 2-D array with 12 features"):
         probe.predict(X[:, :3])
+    for exc in (pytest.raises(DataError), pytest.raises(ValueError)):
+        with exc as info:
+            ClassifierProbe().fit(X, Y[:, 0])  # a continuous target
+        assert str(info.value).startswith("Unknown label type: continuous") and "\n" not in str(info.value)
 
 
 def test_analyze_never_imports_torch():

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from storage_schema.cli import main
+from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
 
-MNIST = Path("/work/shared/data/mnist-t10k")
-needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason="shared MNIST data missing")
+MNIST = MNIST_DIR
+needs_mnist = needs_data(MNIST)
 
 CONFIG = f"""
 [experiment]
@@ -155,3 +156,83 @@ def test_train_extract_and_unknown_layer(tmp_path, capsys, monkeypatch):
     assert store.corrupted_mask("memorizing").sum() > 0
     assert main(["extract", "exp.toml", "--shard", "2/2"]) == 2
     assert "shards are numbered from 0" in capsys.readouterr().err
+
+
+RESNET_CONFIG = """
+[experiment]
+name = "shared-modules"
+store = "{store}"
+[dataset]
+kind = "imagefolder"
+path = "{dtd}"
+image_size = 32
+max_samples = 24
+[model]
+name = "torchvision:resnet18"
+[[runs]]
+name = "r"
+checkpoints = "{ckpts}"
+[extract]
+layers = {layers}
+reduction = "flatten"
+batch_size = 8
+"""
+
+
+@needs_data(DTD_DIR)
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_module_called_twice_per_forward_is_refused_or_stored_per_call(tmp_path, capsys, suffix):
+    """The ReLU of a torchvision BasicBlock runs after bn1 and after the residual add."""
+    import numpy as np
+    import torch
+
+    from extract.models import ModelSpec, build_model
+    from storage_schema.store import open_store
+    from storage_schema.validate import validate_store
+
+    (tmp_path / "ck").mkdir()
+    spec = ModelSpec("torchvision:resnet18", 10, (3, 32, 32), {})
+    torch.save(build_model(spec, seed=3).state_dict(), tmp_path / "ck" / "epoch_1.pt")
+    store = tmp_path / f"s{suffix}"
+
+    def config(layers: list[str]) -> str:
+        path = tmp_path / "exp.toml"
+        path.write_text(RESNET_CONFIG.format(store=store, dtd=DTD_DIR, ckpts=tmp_path / "ck",
+                                             layers=json.dumps(layers)))
+        return str(path)
+
+    # The bare name is refused before any data is read: one line that lists the calls.
+    assert main(["extract", config(["layer4.1.relu"]), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'layer4.1.relu' runs 2 times per forward pass" in err
+    assert "layer4.1.relu#0 (512x1x1), layer4.1.relu#1 (512x1x1)" in err and "fix: select" in err
+    assert not store.exists()
+    # A call index out of range names the calls that exist.
+    assert main(["extract", config(["layer4.1.relu#2"]), "--no-progress"]) == 2
+    assert "expected #0 .. #1" in capsys.readouterr().err
+    # Each call picked by name is stored as its own block.
+    layers = ["layer4.1.bn1", "layer4.1.relu#0", "layer4.1.relu#1", "layer4.1"]
+    assert main(["extract", config(layers), "--no-progress"]) == 0
+    s = open_store(store)
+    assert [b.name for b in s.layers("r", "epoch_0001")] == ["layer4.1", *layers[:3]]  # named_modules order
+    read = {name: s.read_layer("r", "epoch_0001", name) for name in layers}
+    np.testing.assert_array_equal(read["layer4.1.relu#0"], np.maximum(read["layer4.1.bn1"], 0))
+    np.testing.assert_array_equal(read["layer4.1.relu#1"], read["layer4.1"])  # the block output
+    assert not np.array_equal(read["layer4.1.relu#0"], read["layer4.1.relu#1"])
+    assert validate_store(store) == []
+    # `probestore layers` lists each call under the name to select it by.
+    capsys.readouterr()
+    assert main(["layers", "--model", "torchvision:resnet18", "--input-shape", "3,32,32"]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert rows["layer4.1.relu"][:3] == ["ReLU", "(x2", "per"]
+    assert rows["layer4.1.relu#1"] == ["ReLU", "(call", "1)", "512x1x1", "512"]
+
+
+@pytest.mark.parametrize("value", [1, 63])
+def test_chunk_rows_below_64_is_refused_in_one_line(tmp_path, capsys, value):
+    (tmp_path / "exp.toml").write_text(CONFIG + f"chunk_rows = {value}\n")
+    assert main(["extract", str(tmp_path / "exp.toml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "chunk_rows too small; in" in err and "[extract].chunk_rows" in err and ">= 64" in err, err

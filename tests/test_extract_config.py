@@ -10,10 +10,9 @@ import pytest
 from extract.config import load_config, parse_config, resolve_data_path
 from storage_schema.errors import ConfigError, DataError, InvalidNameError
 from storage_schema.store import config_hash
+from tests.conftest import DTD_DIR, MNIST_DIR
 
-MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
-if not MNIST.is_dir():  # the checkout may live elsewhere; /work/shared is the CI location
-    MNIST = Path("/work/shared/data/mnist-t10k")
+MNIST = MNIST_DIR
 
 EXAMPLE = f"""
 [experiment]
@@ -263,6 +262,6 @@ def test_repository_experiments_parse(name, monkeypatch):
     if not path.is_file():
         pytest.skip(f"{name} not in this checkout")
     data = tomllib.loads(path.read_text())
-    data["dataset"]["path"] = str(MNIST) if data["dataset"]["kind"] == "idx" else "/work/shared/data/dtd10"
+    data["dataset"]["path"] = str(MNIST) if data["dataset"]["kind"] == "idx" else str(DTD_DIR)
     cfg = parse_config(data, source=name)
     assert cfg.runs and cfg.extract.layers

@@ -24,10 +24,11 @@ import zarr
 from storage_schema.cli import main
 from storage_schema.errors import StoreFormatError
 from storage_schema.store import open_store
+from tests.conftest import MNIST_DIR, needs_data
 
-MNIST = Path("/work/shared/data/mnist-t10k")
+MNIST = MNIST_DIR
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not MNIST.is_dir(), reason="shared MNIST data missing")]
+              needs_data(MNIST)]
 N_SAMPLES = 1600
 CONFIG = """
 [experiment]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +18,11 @@ from extract.writer import CheckpointWriter
 from storage_schema import layout
 from storage_schema.errors import ConfigError, DataError
 from storage_schema.store import create_store, open_store
+from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
 
-DATA = Path("/work/shared/data")
-MNIST = DATA / "mnist-t10k"
-DTD = DATA / "dtd10"
-pytestmark = pytest.mark.skipif(not MNIST.is_dir() or not DTD.is_dir(), reason="shared data missing")
+MNIST = MNIST_DIR
+DTD = DTD_DIR
+pytestmark = needs_data(MNIST, DTD)
 
 
 def _config(tmp_path, dataset, model, layers, *, reductions=None, runs=None, extra=None, concepts=None):

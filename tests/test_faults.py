@@ -31,10 +31,11 @@ from analyze.engine import run_analysis
 from analyze.results import read_table, results_paths
 from storage_schema.store import open_store
 from storage_schema.validate import validate_store
+from tests.conftest import MNIST_DIR, needs_data
 from tests.test_engine import comparable, make_store
 
-MNIST = Path("/work/shared/data/mnist-t10k")
-needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason="shared MNIST data missing")
+MNIST = MNIST_DIR
+needs_mnist = needs_data(MNIST)
 
 N_SAMPLES = 1200
 CONFIG = """

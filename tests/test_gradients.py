@@ -21,6 +21,7 @@ from extract.runner import extract_checkpoint, plan_extraction
 from storage_schema.concept_sets import extra_attrs, set_extra_attrs
 from storage_schema.errors import ConfigError
 from storage_schema.store import create_store, open_store
+from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
 
 SHAPE = (4, 6, 6)  # conv1 output (C, H, W)
 
@@ -203,10 +204,10 @@ def test_store_pass_matches_direct_computation_and_resumes(tmp_path, suffix):
 
 # --------------------------------------------------------------------------- through the pipeline
 
-DTD = __import__("pathlib").Path("/work/shared/data/dtd10")
+DTD = DTD_DIR
 
 
-@pytest.mark.skipif(not DTD.is_dir(), reason="shared data missing")
+@needs_data(DTD)
 def test_pipeline_gradients_concept_sets_and_tcav_on_dtd(tmp_path):
     import shutil
 
@@ -229,7 +230,7 @@ def test_pipeline_gradients_concept_sets_and_tcav_on_dtd(tmp_path):
             "splits": {"train": 0.5, "valid": 0.2, "test": 0.3},
             "model": {"name": "shallow_cnn", "options": {"channels": 6, "fc": [10]}},
             "runs": runs,
-            "extract": {"layers": ["conv1", "fc1"], "batch_size": 16, "chunk_rows": 32, "gradients": True,
+            "extract": {"layers": ["conv1", "fc1"], "batch_size": 16, "chunk_rows": 64, "gradients": True,
                         "reductions": reductions or {"conv1": "gap"}},
             "concepts": concepts or {}}, source="t.toml")
 
@@ -298,7 +299,7 @@ def test_config_gradients_flag_and_concept_sets():
     def cfg(extract=None, concepts=None):
         return parse_config({
             "experiment": {"name": "t", "store": "/tmp/never.zarr"},
-            "dataset": {"kind": "idx", "path": "/work/shared/data/mnist-t10k", "subset": "test"},
+            "dataset": {"kind": "idx", "path": str(MNIST_DIR), "subset": "test"},
             "model": {"name": "mlp"}, "runs": [{"name": "g", "checkpoints": "."}],
             "extract": {"layers": ["fc1"], **(extract or {})},
             "concepts": concepts or {}}, source="t.toml")
@@ -326,3 +327,88 @@ def test_config_gradients_flag_and_concept_sets():
             cfg(concepts={"sets": bad})
     with pytest.raises(ConfigError, match="defined twice"):
         cfg(concepts={"sets": {"random_0": "a"}, "random_sets": {"count": 1, "size": 2}})
+
+
+# --------------------------------------------------------------------------- lift_scale
+
+
+def _reduction_matrix(plan) -> np.ndarray:
+    """R as an explicit (K, D) float64 matrix, built independently of the reducers."""
+    D = int(np.prod(plan.source_shape))
+    if plan.kind == "gap":
+        C = plan.source_shape[0]
+        return np.kron(np.eye(C), np.ones(D // C)) / (D // C)
+    if plan.kind == "random":
+        return np.eye(D)[plan.indices]
+    if plan.kind == "project":
+        return plan.projection_matrix().astype(np.float64).T
+    return np.eye(D)
+
+
+@pytest.mark.parametrize("spec, exact", [("gap", True), ("random:20", True), ("flatten", True),
+                                         ("project:12", False)])
+def test_lift_scale_makes_the_reduced_gradient_the_minimum_norm_lift_derivative(spec, exact):
+    """lift_scale · ⟨R g, v⟩ = ⟨g, R⁺ v⟩: the derivative along the smallest full-space move
+    that shifts the reduced features by exactly v (SCHEMA.md §6.1).
+
+    Exact when R Rᵀ = c·I (gap, random, flatten); for project:K (R = Wᵀ, W ~ N(0, 1/K))
+    only E[WᵀW] = (D/K)·I holds, so the slope over many directions is 1 up to O(√(K/D)),
+    where the superseded value lift_scale = 1 gives a slope of D/K = 12.
+    """
+    model = _model(3)
+    plan = plan_reduction(spec, "conv1", SHAPE, seed=7)
+    full_plan = plan_reduction("flatten", "conv1", SHAPE)
+    x = torch.randn(6, 3, 6, 6, generator=torch.Generator().manual_seed(8))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    with GradientExtractor(model, {"conv1": plan}, torch.device("cpu")) as ex:
+        reduced = ex(x, y)["conv1"].double().numpy()                  # R g, per sample
+    with GradientExtractor(model, {"conv1": full_plan}, torch.device("cpu")) as ex:
+        g = ex(x, y)["conv1"].double().numpy()                        # g itself
+    R = _reduction_matrix(plan)
+    np.testing.assert_allclose(reduced, g @ R.T, rtol=1e-4, atol=1e-7)
+    R_pinv = np.linalg.pinv(R)
+    V = np.random.default_rng(9).standard_normal((plan.n_features, 200))
+    scaled = lift_scale(plan) * reduced @ V                           # (6, 200)
+    min_norm = g @ (R_pinv @ V)
+    if exact:
+        np.testing.assert_allclose(scaled, min_norm, rtol=1e-4, atol=1e-6)
+        # and the scaled lift Rᵀv·lift_scale moves the reduced features by exactly v
+        np.testing.assert_allclose(lift_scale(plan) * R @ R.T, np.eye(plan.n_features), atol=1e-12)
+    else:
+        assert lift_scale(plan) == 12 / 144
+        slope = float((scaled * min_norm).sum() / (min_norm**2).sum())
+        assert abs(slope - 1) < 0.15, slope
+        assert np.corrcoef(scaled.ravel(), min_norm.ravel())[0, 1] > 0.8
+        np.testing.assert_allclose(np.mean(np.diag(lift_scale(plan) * R @ R.T)), 1.0, atol=0.1)
+
+
+def test_validator_checks_the_project_lift_scale(tmp_path):
+    """K/D is required; 1 (the pre-1.2 value) only in stores older than schema 1.2."""
+    from storage_schema.validate import _validate_gradient, lift_scale_for
+
+    plan = plan_reduction("project:12", "conv1", SHAPE)
+    red = plan.to_dict()
+    assert lift_scale_for(red) == 12 / 144 == lift_scale(plan)
+    from extract.gradients import gradient_attrs
+
+    assert gradient_attrs(plan)["lift_scale"] == 12 / 144   # what the writer records
+    assert lift_scale_for({"kind": "gap", "source_shape": [4, 6, 6]}) == 36.0
+    assert lift_scale_for({"kind": "random", "params": {"k": 3}}) == 1.0
+    assert lift_scale_for({"kind": "gmp", "source_shape": [4, 6, 6]}) is None
+
+    class Backend:
+        def __init__(self, attrs):
+            self.attrs = attrs
+
+        def get_attrs(self, node):
+            return self.attrs
+
+    def problems(scale, version):
+        attrs = {"kind": "gradient", "of": "own_class_logit", "reduction": red, "lift_scale": scale,
+                 "complete": False, "rows_done": 0}
+        return [p for p in _validate_gradient(Backend(attrs), "g", {"n_features": 12, "reduction": red},
+                                              (5, 12), np.dtype("float32"), 5, False, version)
+                if "lift_scale" in p]
+    assert problems(12 / 144, (1, 2)) == []
+    assert problems(1.0, (1, 1)) == []
+    assert problems(1.0, (1, 2)) and "expected 0.0833333 (K / prod(source_shape))" in problems(1.0, (1, 2))[0]

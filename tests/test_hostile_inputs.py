@@ -27,10 +27,11 @@ from storage_schema.cli import main
 from storage_schema.errors import DataError
 from storage_schema.store import open_store
 from storage_schema.validate import validate_store
+from tests.conftest import MNIST_DIR, require_data
 from tests.test_engine import make_store
 from tests.test_faults import zarr_arrays
 
-MNIST = Path("/work/shared/data/mnist-t10k")
+MNIST = MNIST_DIR
 CONFIG = f"""
 [experiment]
 name = "hostile"
@@ -72,8 +73,7 @@ def _state_dict(width=32, seed=1):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A working directory whose store holds one complete checkpoint (a/epoch_0000)."""
-    if not MNIST.is_dir():
-        pytest.skip("shared MNIST data missing")
+    require_data(MNIST)
     import torch
 
     root = tmp_path_factory.mktemp("hostile")

@@ -142,13 +142,19 @@ def test_inplace_relu_does_not_corrupt_tapped_output():
     torch.testing.assert_close(got["1"], expected.relu()[:, idx], rtol=0, atol=0)
 
 
-def test_shared_module_keeps_its_last_output(resnet):
-    plans = {n: plan_reduction("gap", n, (64, 8, 8)) for n in ("layer1.0.relu", "layer1.0")}
+def test_shared_module_is_tapped_per_call_never_by_its_bare_name(resnet):
+    # BasicBlock applies its relu after bn1 (call #0) and after the residual add (#1).
+    names = ("layer1.0.bn1", "layer1.0.relu#0", "layer1.0.relu#1", "layer1.0")
+    plans = {n: plan_reduction("gap", n, (64, 8, 8)) for n in names}
     with torch.inference_mode(), LayerTaps(resnet, {n: build_reducer(p) for n, p in plans.items()}) as taps:
         resnet(_x(2, 3, 32, 32))
         got = taps.pop()
-    # BasicBlock applies its relu after bn1 and again after the residual add
-    torch.testing.assert_close(got["layer1.0.relu"], got["layer1.0"], rtol=0, atol=0)
+    torch.testing.assert_close(got["layer1.0.relu#1"], got["layer1.0"], rtol=0, atol=0)
+    assert not torch.equal(got["layer1.0.relu#0"], got["layer1.0.relu#1"])
+    bare = {"layer1.0.relu": build_reducer(plan_reduction("gap", "layer1.0.relu", (64, 8, 8)))}
+    with torch.inference_mode(), LayerTaps(resnet, bare), \
+            pytest.raises(ConfigError, match=r"runs more than once.*layer1\.0\.relu#0"):
+        resnet(_x(2, 3, 32, 32))
 
 
 def test_each_forward_starts_afresh_and_pop_needs_a_forward(mlp):

@@ -120,7 +120,8 @@ def test_two_classes_equal_binomial_sklearn_with_twice_C():
 
 def test_batched_label_sets_equal_solving_each_alone(digits):
     Xs, ys = digits
-    ctrl = control_labels(np.concatenate(ys), 10, seed=0)
+    y_all = np.concatenate(ys)  # types unrelated to the inputs: a control task no probe can learn
+    ctrl = control_labels(np.random.default_rng(3).integers(0, 100, y_all.size), y_all, 10, seed=0)
     sets = {"true": tuple(ys), "control": tuple(np.split(ctrl, [700, 950])),
             "shifted": tuple((y + 3) % 10 for y in ys)}
     Cs = [1e-2, 1e-1, 1.0]
@@ -257,10 +258,12 @@ def test_metric_definitions_match_sklearn():
 
 def test_control_labels_preserve_counts_and_are_seeded():
     y = np.random.default_rng(11).integers(0, 5, 500)
-    a, b, c = control_labels(y, 5, seed=1), control_labels(y, 5, seed=1), control_labels(y, 5, seed=2)
+    one_each = np.arange(500)  # every sample its own type: counts kept exactly
+    a, b = control_labels(one_each, y, 5, seed=1), control_labels(one_each, y, 5, seed=1)
+    c = control_labels(one_each, y, 5, seed=2)
     np.testing.assert_array_equal(np.bincount(a, minlength=5), np.bincount(y, minlength=5))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert 0.6 < np.mean(a != y) < 0.95  # actually relabelled (chance agreement ~ 0.2)
     with pytest.raises(DataError, match="class range"):
-        control_labels(y, 4, seed=0)
+        control_labels(one_each, y, 4, seed=0)

@@ -61,7 +61,7 @@ def make_table(
     training_helps=True,
     rcv_deep_falls=True,
     clean_first=True,
-    memorizing_less_selective=True,
+    deeper_more_selective=True,
 ) -> pd.DataFrame:
     rows = []
 
@@ -82,7 +82,7 @@ def make_table(
             for d, layer in enumerate(LAYERS):
                 err = clf_error(c, d, e, depth_falls=depth_falls, random_beats_pixels=random_beats_pixels,
                                 training_helps=training_helps)  # fmt: skip
-                ctl_test = 0.9 + (0.0 if memorizing_less_selective else 0.08 * c)
+                ctl_test = 0.9 - (0.0 if deeper_more_selective else 0.05 * d)
                 ctl_train = 0.5 - 0.05 * d
                 add(**base, layer=layer, probe="classifier", target="true_labels", hyperparameter="C",
                     hyperparameter_value=1.0, train_error=err / 2, valid_error=err, test_error=err,
@@ -144,7 +144,7 @@ def test_full_report_files_and_findings(tmp_path):
     assert "skipped:" not in html
     # Table text is escaped, and the failed probe is counted.
     assert "&lt;features&gt;" in html and "<features>" not in html
-    assert "1 probe(s) failed" in html
+    assert "Probes left out or flagged" in html and "<td>failed</td><td>1</td>" in html
     md = (tmp_path / "rep" / "report.md").read_text()
     for statement in (FD.DEPTH, FD.RANDOM, FD.TRAINING, FD.RCV, FD.CLEAN, FD.SELECTIVITY):
         assert f"**{statement}**: *holds*" in md
@@ -200,7 +200,7 @@ def test_all_probes_failed_or_duplicated(tmp_path):
     index = build_report(write(failed, tmp_path / "r.parquet"), out_dir=tmp_path / "rep")
     html = index.read_text()
     assert img_sources(html) == [] and html.count("skipped: ") == 7
-    assert f"{len(df)} probe(s) failed" in html
+    assert f"<td>failed</td><td>{len(df)}</td>" in html
     # A repeated probe row does not double-count; the last copy wins.
     dup = pd.concat([df, df[df["probe"] == "classifier"].assign(test_error=0.5)])
     view = make_view(dup)
@@ -253,9 +253,14 @@ def test_store_gives_layer_order_and_dataset(tmp_path):
     index = build_report(write(df, tmp_path / "r.parquet"), tmp_path / "s.zarr", tmp_path / "rep")
     html = index.read_text()
     assert "probestore report: toy-mnist" in html and "2 classes" in html
-    # The depth finding follows the store's order: first hidden = relu4, last = relu3.
+    # The depth finding follows the store's order: input, relu4, relu2, relu1, relu3.
     depth = FD.depth_finding(view)
-    assert depth.numbers["first hidden"].startswith("relu4") and depth.numbers["last hidden"].startswith("relu3")
+    assert list(depth.numbers["test error per layer"]) == model_order
+    assert depth.numbers["shallowest"].startswith("input") and depth.numbers["deepest"].startswith("relu3")
+    # The store names the model: an MLP on "toy-mnist" is not A&B's setting, and the report says so.
+    assert FD.run_models(tmp_path / "s.zarr") == {"gen": "mlp"}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "  - setting: NOT the paper's: mlp on toy-mnist;" in md
 
 
 # ---------------------------------------------------------------------- findings, hold / not hold
@@ -267,7 +272,7 @@ def test_store_gives_layer_order_and_dataset(tmp_path):
         ("training_helps", "training"),
         ("rcv_deep_falls", "rcv_corruption"),
         ("clean_first", "clean_first"),
-        ("memorizing_less_selective", "selectivity"),
+        ("deeper_more_selective", "selectivity"),
     ],
 )
 def test_each_finding_flips_with_its_data(flag, key):
@@ -287,12 +292,15 @@ def test_finding_numbers_match_hand_computation():
     errs = [clf_error(0.0, d, 5) for d in range(1, 5)]
     depth = found["depth"]
     assert depth.numbers["run"] == "gen" and depth.numbers["checkpoint"] == "epoch005"
-    assert depth.numbers["steps that increase"] == "0 of 3"
-    assert depth.numbers["test error per layer"] == pytest.approx(dict(zip(LAYERS[1:], errs)), abs=1e-4)
+    assert depth.numbers["steps that increase"] == "0 of 4" and depth.numbers["largest step up"] == "none"
+    assert depth.numbers["test error per layer"] == pytest.approx(dict(zip(LAYERS, [0.12, *errs])), abs=1e-4)
+    assert depth.numbers["Spearman rho (depth, error)"] == -1.0
+    assert depth.numbers["setting"].startswith("unknown (no store given")
     rnd = found["random_features"]
     assert rnd.numbers["random network"] == "gen/epoch000"
     assert rnd.numbers["input test error"] == pytest.approx(0.12)
-    assert rnd.numbers["best hidden layer"] == f"relu4 {0.08 - 0.02:.4f}"
+    assert rnd.numbers["best layer"] == f"relu4 {0.08 - 0.02:.4f}"
+    assert rnd.numbers["gain over the input"] == pytest.approx(0.12 - 0.06)
     rcv = found["rcv_corruption"]
     # R² is linear in corruption: slope = -0.1 * depth * progress (0 at the input).
     assert rcv.numbers["slope per layer"] == pytest.approx({f"relu{d}": -0.1 * d * p5 for d in range(1, 5)}, abs=1e-4)
@@ -300,14 +308,12 @@ def test_finding_numbers_match_hand_computation():
     assert set(clean) == {"mem50"}  # mem100 has no clean samples
     assert clean["mem50"].startswith("clean at 3, corrupted at 5")
     sel = found["selectivity"].numbers
-    gen_sel = np.mean([0.9 - clf_error(0.0, d, 5) for d in range(1, 5)])
-    mem_sel = np.mean([0.9 - clf_error(1.0, d, 5) for d in range(1, 5)])
-    assert sel["memorizing"] == "mem100"
-    assert sel["gen (mean over hidden layers)"]["mean selectivity"] == pytest.approx(gen_sel, abs=1e-4)
-    assert sel["mem100 (mean over hidden layers)"]["mean selectivity"] == pytest.approx(mem_sel, abs=1e-4)
-    assert sel["mem100 (mean over hidden layers)"]["control train accuracy"] == pytest.approx(
-        np.mean([0.5 + 0.05 * d for d in range(1, 5)]), abs=1e-4
-    )
+    assert sel["run"] == "gen" and sel["checkpoint"] == "epoch005"
+    assert sel["selectivity per hidden layer"] == pytest.approx(
+        {f"relu{d}": 0.9 - clf_error(0.0, d, 5) for d in range(1, 5)}, abs=1e-4)
+    assert sel["first hidden"] == f"relu1 {0.9 - clf_error(0.0, 1, 5):.4f}"
+    assert sel["control test accuracy per hidden layer"] == pytest.approx({f"relu{d}": 0.1 for d in range(1, 5)},
+                                                                          abs=1e-4)
 
 
 def test_learned_at_uses_the_gain_not_the_final_value():
@@ -471,7 +477,7 @@ def test_tcav_section_tables_and_figure(tmp_path):
     assert row[5:] == [f"{s:.3f}", "0.050", "0.500 ± 0.100", "0.0001", f"{(s - 0.5) / 0.08:.2f}", "yes"]
     n_sig = sum(c[10] == "yes" for c in cells)
     assert n_sig == sum(tcav_score(r, e, d, 0) > 0.55 for r in ("gen", "mem100") for e in EPOCHS for d in range(1, 5))
-    assert f"{n_sig} of {len(cells)} tests significant at alpha = 0.05" in html
+    assert f"{n_sig} of {len(cells)} tests significant at a per-test alpha = 0.05" in html
     assert "| gen | epoch005 (epoch 5) | relu4 | striped | zero |" in md
     # The per-layer figure: last checkpoint of each run, layers in model order, concept and random lines.
     data = S.tcav_layers_data(make_view(read_results(results)), S.read_tcav(tcav))
@@ -565,3 +571,102 @@ def test_tcav_cli_on_a_real_tcav_run(tmp_path):
         assert c[10] == ("yes" if t.significant else "no")
     assert len(table_cells(section(html, "rcv_sensitivity"))) == 3 and len(table_cells(section(html, "conexp"))) == 3
     assert (out / "figures" / "tcav_layers.png").read_bytes().startswith(PNG)
+
+
+# ---------------------------------------------------------------------- A&B's rules on hand-made profiles
+#: Alain & Bengio's Fig. 4a: validation error of the probes of a pre-trained ResNet-50,
+#: input_1 then add_1..add_16 ("almost perfectly monotonic", one rise of 0.01).
+RESNET50_FIG4A = [0.99, 0.94, 0.89, 0.88, 0.87, 0.82, 0.79, 0.76, 0.77, 0.69, 0.67, 0.62, 0.57, 0.51, 0.41, 0.39, 0.31]
+AB_LAYERS = ("input", "conv1_preact", "conv1_postact", "conv1_postpool", "conv2_preact", "conv2_postact",
+             "conv2_postpool", "fc1_preact", "fc1_postact", "logits")  # fmt: skip
+
+
+def profile_view(trained: list[float], *, init: list[float] | None = None, layers=None, last_epoch: int = 5,
+                 dataset: str | None = "mnist-t10k"):
+    """A one-run table: classifier test errors per layer at epoch 0 (``init``) and ``last_epoch``."""
+    import dataclasses
+
+    layers = list(layers or AB_LAYERS[: len(trained)])
+    rows = []
+    for epoch, errors in ((0, init or [0.5] * len(layers)), (last_epoch, trained)):
+        for layer, err in zip(layers, errors, strict=True):
+            ckpt = f"epoch_{epoch:04d}"
+            rows.append({"probe_id": f"gen/{ckpt}/{layer}/classifier/true_labels", "run": "gen", "checkpoint": ckpt,
+                         "epoch": epoch, "layer": layer, "probe": "classifier", "target": "true_labels",
+                         "corruption_fraction": 0.0, "test_error": err, "status": "ok"})  # fmt: skip
+    view = make_view(pd.DataFrame(rows))
+    view = dataclasses.replace(view, layers=layers)  # model order, as a store would give it
+    return dataclasses.replace(view, dataset_name=dataset)
+
+
+PAPER = {"gen": "ab_mnist_convnet"}
+
+
+def test_depth_rule_passes_the_papers_own_profiles():
+    # ResNet-50 (Fig. 4a), its one rise of exactly 0.01 included (float noise tolerated).
+    found = FD.depth_finding(profile_view(RESNET50_FIG4A, layers=["input"] + [f"add_{i}" for i in range(1, 17)]))
+    assert found.holds is True
+    assert found.numbers["largest step up"] == "add_7 -> add_8 +0.0100"
+    assert found.numbers["Spearman rho (depth, error)"] == pytest.approx(-0.9975, abs=1e-4)
+    # The MNIST convnet trained (Fig. 3 right): falls at every probe but a minor kink at fc1_preact.
+    fig3 = [0.08, 0.075, 0.04, 0.03, 0.025, 0.02, 0.015, 0.017, 0.012, 0.011]
+    found = FD.depth_finding(profile_view(fig3), PAPER)
+    assert found.holds is True and found.numbers["steps that increase"] == "1 of 9"
+    assert found.numbers["setting"] == "the paper's (ab_mnist_convnet on mnist-t10k)"
+
+
+@pytest.mark.parametrize(
+    "errors, why",
+    [
+        # One real rise (0.03 > 0.01) although the profile falls overall and only 1 of 4 steps rises:
+        # the old rule ("at most half the steps increase") called this a fall with depth.
+        ([0.10, 0.05, 0.08, 0.04, 0.03], "largest step up"),
+        # Flat within the tolerance at every step: no step is too large but no fall either (rho ~ 0).
+        ([0.050, 0.055, 0.048, 0.056, 0.049, 0.054, 0.050], "Spearman"),
+        # Rises with depth.
+        ([0.02, 0.03, 0.035, 0.04, 0.045], "Spearman"),
+    ],
+)
+def test_depth_rule_fails_on_profiles_that_do_not_fall_near_monotonically(errors, why):
+    found = FD.depth_finding(profile_view(errors), PAPER)
+    assert found.holds is False, (why, found.numbers)
+    steps = np.diff(errors)
+    assert (steps.max() > FD.DEPTH_TOLERANCE + 1e-9) == (why == "largest step up")
+    assert (FD.spearman(errors) > FD.DEPTH_MAX_SPEARMAN + 1e-9) == (why == "Spearman")
+
+
+def test_depth_rule_needs_a_trained_network_and_three_layers():
+    assert FD.depth_finding(profile_view([0.1, 0.05, 0.02], last_epoch=0)).holds is None
+    found = FD.depth_finding(profile_view([0.1, 0.05]))
+    assert found.holds is None and "fewer than three layers" in found.detail
+
+
+def test_random_features_rule_as_alain_bengio_state_it():
+    # Fig. 3 left: 8% on the pixels, 2% at best on the random network's features.
+    init = [0.08, 0.085, 0.045, 0.03, 0.028, 0.022, 0.02, 0.021, 0.025, 0.6]
+    found = FD.random_features_finding(profile_view([0.01] * 10, init=init), PAPER)
+    assert found.holds is True
+    assert found.numbers["best layer"] == "conv2_postpool 0.0200"
+    assert found.numbers["gain over the input"] == pytest.approx(0.06)
+    assert found.numbers["largest single drop (A&B: the first ReLU)"] == "conv1_preact -> conv1_postact -0.0400"
+    assert found.numbers["setting"] == "the paper's (ab_mnist_convnet on mnist-t10k)"
+    # Better than the pixels, but by less than the margin: not "beats".
+    close = [0.08, 0.085, 0.075, 0.072, 0.09]
+    assert FD.random_features_finding(profile_view([0.01] * 5, init=close), PAPER).holds is False
+    # Worse than the pixels everywhere.
+    worse = [0.08, 0.12, 0.10, 0.15, 0.3]
+    assert FD.random_features_finding(profile_view([0.01] * 5, init=worse), PAPER).holds is False
+
+
+def test_the_rules_say_when_the_setting_is_not_the_papers():
+    init = [0.08, 0.085, 0.045, 0.03, 0.028]
+    mlp = FD.random_features_finding(profile_view([0.01] * 5, init=init, dataset="fashion-mnist"), {"gen": "mlp"})
+    assert mlp.holds is True and mlp.numbers["setting"].startswith("NOT the paper's: mlp on fashion-mnist;")
+    # The right model on other data is not the paper's setting either ("fashion-mnist" is not MNIST).
+    other = FD.random_features_finding(profile_view([0.01] * 5, init=init, dataset="fashion-mnist"), PAPER)
+    assert other.numbers["setting"].startswith("NOT the paper's: ab_mnist_convnet on fashion-mnist;")
+    # ResNet-50 on ImageNet is a setting of the depth claim, not of the random-features claim.
+    resnet = {"gen": "torchvision:resnet50"}
+    view = profile_view([0.9, 0.8, 0.7], init=[0.99, 0.98, 0.97], dataset="imagenet-val")
+    assert FD.depth_finding(view, resnet).numbers["setting"].startswith("the paper's")
+    assert FD.random_features_finding(view, resnet).numbers["setting"].startswith("NOT the paper's")

@@ -378,11 +378,11 @@ WRITER = textwrap.dedent(
     for epoch in range(1, 7):
         ckpt = f"epoch_{epoch:04d}"
         store.add_checkpoint("gen", ckpt, epoch=epoch)
-        for name in ("fc1", layout.OUTPUTS):
-            store.create_block("gen", ckpt, name, n_features=6, chunk_rows=64)
+        for name, width in (("fc1", 6), (layout.OUTPUTS, 3)):  # one logit per class (num_classes 3)
+            store.create_block("gen", ckpt, name, n_features=width, chunk_rows=64)
             for start in range(0, 400, 64):
                 rows = min(64, 400 - start)
-                store.write_rows("gen", ckpt, name, start, np.full((rows, 6), epoch, "float32"))
+                store.write_rows("gen", ckpt, name, start, np.full((rows, width), epoch, "float32"))
                 store.set_rows_done("gen", ckpt, name, start + rows)
                 time.sleep(0.005)
             store.mark_block_complete("gen", ckpt, name)

@@ -62,7 +62,8 @@ def test_fit_cavs_matches_sklearn_per_problem():
         np.testing.assert_allclose(fit.intercept[p], ref.intercept_[0] - coef_raw @ mean, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(np.linalg.norm(fit.directions[p]), 1.0)
         acc = (ref.predict(Xs) == y[p, masks[p]]).mean()
-        assert fit.accuracy[p] == pytest.approx(acc)
+        assert fit.train_accuracy[p] == pytest.approx(acc)
+    assert np.isnan(fit.heldout_accuracy).all()  # nothing held out: no held-out accuracy
     with pytest.raises(DataError, match="lacks"):
         fit_cavs(X, masks, np.zeros((3, 60)))
 
@@ -303,7 +304,7 @@ def test_table_identical_in_process_and_on_one_or_two_dask_workers(tmp_path):
     from analyze.config import AnalysisConfig
 
     path = _multi_block_store(tmp_path / "s.zarr")
-    opts = TCAVOptions(repeats=6, random_size=20, seed=3, bonferroni=True)
+    opts = TCAVOptions(repeats=8, random_size=20, seed=3)  # Bonferroni over the 12 tests: the default
     seen: list[str] = []
     ref = pd.DataFrame(run_tcav(path, opts, config=AnalysisConfig(scheduler="none"), log=seen.append))
     # four blocks in table order, each with TCAV and RCV rows, then each checkpoint's ConExp
@@ -320,8 +321,8 @@ def test_table_identical_in_process_and_on_one_or_two_dask_workers(tmp_path):
     parser = argparse.ArgumentParser()
     tcav_commands.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "one.parquet"
-    args = parser.parse_args(["tcav", str(path), "-o", str(out), "--repeats", "6", "--random-size", "20",
-                              "--seed", "3", "--bonferroni", "--workers", "1"])
+    args = parser.parse_args(["tcav", str(path), "-o", str(out), "--repeats", "8", "--random-size", "20",
+                              "--seed", "3", "--workers", "1"])
     assert args.func(args) == 0
     direct = pd.read_parquet(write_table(ref.to_dict("records"), tmp_path / "ref.parquet", opts))
     pd.testing.assert_frame_equal(pd.read_parquet(out), direct, check_exact=True)
@@ -332,3 +333,19 @@ def test_table_identical_in_process_and_on_one_or_two_dask_workers(tmp_path):
         two = pd.DataFrame(run_tcav(path, opts, client=client))
         assert len(client.scheduler_info()["workers"]) == 2
     pd.testing.assert_frame_equal(two, ref, check_exact=True)
+
+
+def test_rcv_that_cannot_be_fitted_is_a_failed_row_not_dropped(tmp_path, capsys):
+    """A constant concept target gives one ``failed`` RCV row saying why; the others stay ``ok``."""
+    store, _ = _planted_store(tmp_path / "s.zarr")
+    store.add_target("flat", np.ones(N), "continuous")
+    store.close()
+    rows = run_tcav(tmp_path / "s.zarr", TCAVOptions(repeats=2, random_size=15, conexp=False))
+    rcv = pd.DataFrame([r for r in rows if r["method"] == "rcv"])
+    flat = rcv[rcv.concept == "flat"]
+    assert len(flat) == 1 and flat.iloc[0]["status"] == "failed"
+    assert "RCV not fitted" in flat.iloc[0]["message"] and "constant" in flat.iloc[0]["message"]
+    assert (rcv[rcv.concept == "stripiness"].get("status", pd.Series(["ok"])).fillna("ok") == "ok").all()
+    out = write_table(rows, tmp_path / "t.parquet", TCAVOptions(repeats=2))
+    table = pd.read_parquet(out)
+    assert set(table.status) == {"ok", "failed"} and (table[table.status == "ok"].message == "").all()

@@ -15,14 +15,16 @@ matplotlib is used without pyplot; nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from analyze.report.extras import make_extra_figures
 from analyze.report.figures import FigureResult, make_figures
-from analyze.report.findings import Finding, compute_findings
+from analyze.report.findings import Finding, compute_findings, run_models
+from analyze.report.flags import summary_line
 from analyze.report.html import render_html
 from analyze.report.markdown import render_markdown
 from analyze.report.sensitivity import make_sensitivity_figures, read_tcav
@@ -32,10 +34,23 @@ __all__ = ["build_report", "Finding", "FigureResult", "ResultsView", "read_resul
            "read_tcav"]
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter before 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a page."""
+    """Write via a temporary file and rename, so a reader never sees half a page.
+
+    ``mkstemp`` creates the file with mode 0600; the page is given the mode any other
+    new file would get (0666 minus the umask), so that a report folder that is served
+    or shared stays readable.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
@@ -66,6 +81,7 @@ def build_report(
     embedding_layer: str | None = None,
     embedding_checkpoints: str | Sequence[str] | None = None,
     tcav_path: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Write ``index.html``, ``report.md`` and ``figures/*.png`` for a results table.
 
@@ -101,6 +117,9 @@ def build_report(
         scores with their t-test per concept, class, layer and checkpoint; TCAV per layer
         at the last checkpoints; RCV sensitivity and ConExp when the table has them).
         Without it the section is one "not drawn" note.
+    log
+        Receives one line counting the failed, degenerate-split, not-converged and
+        grid-edge probes (nothing when there are none).
 
     Returns
     -------
@@ -140,16 +159,40 @@ def build_report(
     tcav = read_tcav(tcav_path) if tcav_path is not None else None
 
     out = Path(out_dir) if out_dir is not None else results_path.with_name(f"{results_path.stem}_report")
-    out.mkdir(parents=True, exist_ok=True)
-    figures = make_figures(view, out / "figures", rcv_concepts=concepts, rcv_layers=layers, table_layer=table_layer)
-    figures += make_extra_figures(view, out / "figures", cka=cka, store_path=store_path,
-                                  embedding_method=embedding_method, embedding_layer=embedding_layer,
-                                  embedding_checkpoints=_names(embedding_checkpoints))
-    figures += make_sensitivity_figures(view, out / "figures", tcav=tcav,
-                                        source=str(tcav_path) if tcav_path is not None else "the TCAV table")
-    findings = compute_findings(view, concept=concepts[0] if concepts else None)
-    source = str(results_path)
-    _atomic_write_text(out / "report.md", render_markdown(view, findings, figures, source=source))
-    index = out / "index.html"
-    _atomic_write_text(index, render_html(view, findings, figures, source=source))
+    with _report_write_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        figures = make_figures(view, out / "figures", rcv_concepts=concepts, rcv_layers=layers, table_layer=table_layer)
+        figures += make_extra_figures(view, out / "figures", cka=cka, store_path=store_path,
+                                      embedding_method=embedding_method, embedding_layer=embedding_layer,
+                                      embedding_checkpoints=_names(embedding_checkpoints))
+        figures += make_sensitivity_figures(view, out / "figures", tcav=tcav,
+                                            source=str(tcav_path) if tcav_path is not None else "the TCAV table")
+        # The store names each run's model: A&B's findings say whether this is their setting.
+        models = run_models(store_path) if store_path is not None else None
+        findings = compute_findings(view, concept=concepts[0] if concepts else None, models=models)
+        source = str(results_path)
+        _atomic_write_text(out / "report.md", render_markdown(view, findings, figures, source=source))
+        index = out / "index.html"
+        _atomic_write_text(index, render_html(view, findings, figures, source=source))
+    line = summary_line(view.table if view.table is not None else view.rows)
+    if line and log is not None:
+        log(line)
     return index
+
+
+@contextlib.contextmanager
+def _report_write_errors(out: Path) -> Iterator[None]:
+    """An unwritable report folder (permissions, read-only, a file in the way, full disk) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        from analyze.engine import write_fix
+        from storage_schema.errors import ProbestoreError
+
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        raise ProbestoreError(
+            f"cannot write the report ({reason})",
+            where=str(exc.filename or out),
+            got=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
+            fix=write_fix(exc, "-o/--out folder"),
+        ) from None

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analyze.report import style
+from analyze.report import flags, style
 from analyze.report.table import ResultsView
 
 #: Line styles that tell layers apart when colour already means the run.
@@ -124,7 +124,7 @@ def layer_error_data(view: ResultsView) -> pd.DataFrame:
                     {
                         "run": run, "role": role, "checkpoint": ckpt, "epoch": view.epochs[(run, ckpt)],
                         "layer": layer, "layer_index": view.layers.index(layer),
-                        "test_error": float(hit["test_error"].iloc[0]),
+                        "test_error": float(hit["test_error"].iloc[0]), "flag": str(hit["flag"].iloc[0]),
                     }
                 )  # fmt: skip
     if not rows:
@@ -145,6 +145,7 @@ def plot_layer_error(data: pd.DataFrame, view: ResultsView) -> Figure:
             [pos[x] for x in sub["layer"]], 100 * sub["test_error"], style.CHECKPOINT_STYLE[role],
             marker="o", color=colours[run], label=f"{style.run_label(run, view.corruption[run])}, {role} ({when})",
         )  # fmt: skip
+        flags.mark_points(ax, [pos[x] for x in sub["layer"]], 100 * sub["test_error"], sub["flag"])
     _layer_axis(ax, layers)
     ax.set_ylabel("probe test error (%)")
     ax.set_ylim(bottom=0)
@@ -166,7 +167,9 @@ def error_heatmap_data(view: ResultsView) -> dict[str, pd.DataFrame]:
         mat = df.pivot_table(index="layer", columns="checkpoint", values="test_error", aggfunc="first")
         layers = [layer for layer in view.layers if layer in mat.index]
         ckpts = [c for c in view.checkpoints[run] if c in mat.columns]
+        marked = df.pivot_table(index="layer", columns="checkpoint", values="flag", aggfunc="first")
         out[run] = mat.loc[layers, ckpts]
+        out[run].attrs["flags"] = marked.reindex(index=layers, columns=ckpts).fillna("").astype(str).to_numpy(object)
     if not out:
         raise SkipFigure("no classifier rows with target true_labels")
     return out
@@ -201,6 +204,12 @@ def plot_error_heatmap(data: dict[str, pd.DataFrame], view: ResultsView) -> Figu
             for (i, j), v in np.ndenumerate(values):
                 if np.isfinite(v):
                     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize="x-small")
+        marks = mat.attrs.get("flags")
+        if marks is not None:
+            cells = [(j, i) for (i, j), f in np.ndenumerate(marks) if f]
+            if cells:
+                ax.scatter([j + 0.3 for j, _ in cells], [i - 0.28 for _, i in cells], marker="^", s=28,
+                           color="black", zorder=5)
     if image is not None:
         fig.colorbar(image, ax=axes, label="probe test error (%)")
     fig.suptitle("Probe test error: layers × checkpoints (red = worse)")
@@ -237,7 +246,7 @@ def rcv_epochs_data(view: ResultsView, concepts: list[str] | None = None, layers
     df = df[np.isfinite(df["test_r2"])]
     if df.empty:
         raise SkipFigure(f"no rcv rows with a test R² for concepts {concepts} at layers {layers}")
-    out = df[["target", "run", "layer", "checkpoint", "test_r2"]].copy()
+    out = df[["target", "run", "layer", "checkpoint", "test_r2", "flag"]].copy()
     out["x"] = [view.x_value(r, c) for r, c in zip(out["run"], out["checkpoint"])]
     out.attrs.update(concepts=concepts, layers=layers)
     return out.sort_values(["target", "run", "layer", "x"]).reset_index(drop=True)
@@ -257,6 +266,7 @@ def plot_rcv_epochs(data: pd.DataFrame, view: ResultsView) -> Figure:
                     continue
                 ax.plot(line["x"], line["test_r2"], LAYER_STYLES[k % len(LAYER_STYLES)], marker="o",
                         color=colours[run], label=f"{style.run_label(run, view.corruption[run])}, {layer}")  # fmt: skip
+                flags.mark_points(ax, line["x"], line["test_r2"], line["flag"])
         ax.set_title(f"concept: {concept}")
         ax.set_xlabel(_epoch_label(view, list(sub["run"].unique())))
         ax.grid(alpha=0.3)
@@ -283,11 +293,13 @@ def rcv_corruption_data(view: ResultsView, concepts: list[str] | None = None) ->
         df = df[df["target"].isin(concepts) & np.isfinite(df["test_r2"])]
         for r in df.itertuples():
             rows.append({"target": r.target, "layer": r.layer, "run": run,
-                         "corruption_fraction": view.corruption[run], "test_r2": float(r.test_r2)})  # fmt: skip
-    data = pd.DataFrame(rows, columns=["target", "layer", "run", "corruption_fraction", "test_r2"])
+                         "corruption_fraction": view.corruption[run], "test_r2": float(r.test_r2),
+                         "flag": str(r.flag)})  # fmt: skip
+    data = pd.DataFrame(rows, columns=["target", "layer", "run", "corruption_fraction", "test_r2", "flag"])
     if data["corruption_fraction"].nunique() < 2:
         raise SkipFigure("needs rcv rows from trained runs with at least two corruption fractions")
-    mean = data.groupby(["target", "layer", "corruption_fraction"], as_index=False)["test_r2"].mean()
+    mean = data.groupby(["target", "layer", "corruption_fraction"], as_index=False).agg(
+        test_r2=("test_r2", "mean"), flag=("flag", lambda f: "; ".join(sorted({x for x in f if x}))))
     mean.attrs.update(concepts=[c for c in concepts if c in set(mean["target"])])
     return mean
 
@@ -303,6 +315,7 @@ def plot_rcv_corruption(data: pd.DataFrame, view: ResultsView) -> Figure:
             line = sub[sub["layer"] == layer].sort_values("corruption_fraction")
             if not line.empty:
                 ax.plot(line["corruption_fraction"], line["test_r2"], "-o", color=colours[layer], label=layer)
+                flags.mark_points(ax, line["corruption_fraction"], line["test_r2"], line["flag"])
         ax.set_title(f"concept: {concept} (last checkpoint)")
         ax.set_xlabel("label corruption fraction (0 = generalizing)")
         ax.grid(alpha=0.3)
@@ -375,9 +388,13 @@ def plot_clean_corrupted(data: pd.DataFrame, view: ResultsView) -> Figure:
 ROLES = ("random", "memorizing", "generalizing")
 
 
+#: RCV fits shown in Table 1: ridge (alpha chosen on valid) and the authors' OLS.
+RCV_FITS = (("rcv", "ridge"), ("rcv_ols", "OLS"))
+
+
 def default_table_layer(view: ResultsView) -> str | None:
     """The first hidden layer with RCV rows: Graziani et al. report an early layer."""
-    present = set(view.select("rcv")["layer"])
+    present = set(view.select("rcv")["layer"]) | set(view.select("rcv_ols")["layer"])
     for layer in view.hidden_layers() + view.layers:
         if layer in present:
             return layer
@@ -387,9 +404,14 @@ def default_table_layer(view: ResultsView) -> str | None:
 def mspe_table_data(view: ResultsView, layer: str | None = None) -> pd.DataFrame:
     """Test MSPE per concept (columns) for random / memorizing / generalizing (rows).
 
-    ``attrs["sources"]`` maps each role to the ``run/checkpoint`` it was read from.
+    When the table has OLS RCVs (``probe = rcv_ols``, the authors' fit) beside the ridge
+    ones, each role gets one row per fit (``"random · OLS"``, ``"random · ridge"``):
+    Table 1's MSPE of a random network comes from OLS, which no validated ridge
+    reproduces. ``attrs["sources"]`` maps each row to the ``run/checkpoint`` it was read
+    from, ``attrs["fit"]`` to its fit.
     """
-    if view.select("rcv").empty:
+    fits = [(probe, name) for probe, name in RCV_FITS if not view.select(probe).empty]
+    if not fits:
         raise SkipFigure("no rcv rows")
     layer = layer or default_table_layer(view)
     refs: dict[str, tuple[str, str]] = {}
@@ -402,35 +424,47 @@ def mspe_table_data(view: ResultsView, layer: str | None = None) -> pd.DataFrame
     if gen:
         refs["generalizing"] = (gen, view.last_checkpoint(gen))
     concepts = view.concepts()
-    table = {}
+    table, sources, fit_of = {}, {}, {}
+    marked: set[tuple[str, str]] = set()
     for role in ROLES:
         if role not in refs:
             continue
         run, ckpt = refs[role]
-        df = view.select("rcv", run=run, checkpoint=ckpt, layer=layer).set_index("target")["test_mspe"]
-        table[role] = [float(df.get(c, np.nan)) for c in concepts]
+        for probe, fit in fits:
+            label = role if len(fits) == 1 else f"{role} · {fit}"
+            sel = view.select(probe, run=run, checkpoint=ckpt, layer=layer).set_index("target")
+            df = sel["test_mspe"]
+            table[label] = [float(df.get(c, np.nan)) for c in concepts]
+            marked.update((label, c) for c in concepts if c in sel.index and sel.loc[c, "flag"])
+            sources[label], fit_of[label] = f"{run}/{ckpt}", fit
     data = pd.DataFrame.from_dict(table, orient="index", columns=concepts)
     data = data.dropna(how="all")
     if data.empty:
         raise SkipFigure(f"no rcv rows with a test MSPE at layer {layer!r} for a random, memorizing or generalizing network")
     data.index.name = "network"
-    data.attrs.update(layer=layer, sources={k: f"{v[0]}/{v[1]}" for k, v in refs.items() if k in data.index})
+    data.attrs.update(layer=layer, sources={k: v for k, v in sources.items() if k in data.index},
+                      fit={k: v for k, v in fit_of.items() if k in data.index},
+                      flags={m for m in marked if m[0] in data.index})
     return data
 
 
 def plot_mspe_table(data: pd.DataFrame, view: ResultsView) -> Figure:
     concepts = list(data.columns)
-    fig, (ax,) = style.new_figure(1, width=max(5.0, 0.7 * len(concepts) * len(data) / 2 + 3), height=3.8)
+    fig, (ax,) = style.new_figure(1, width=max(5.0, min(16.0, 0.25 * len(concepts) * len(data) + 3)), height=3.8)
     width = 0.8 / len(data)
     # Trained networks keep their run's colour; the untrained one is grey.
     run_colours = style.run_colors(view.runs)
     sources = data.attrs["sources"]
     role_colours = {role: run_colours.get(sources[role].split("/")[0], "#999999") for role in data.index}
-    role_colours["random"] = "#999999"
+    role_colours.update({role: "#999999" for role in data.index if role.split(" · ")[0] == "random"})
+    fit_of = data.attrs.get("fit", {})
     for k, role in enumerate(data.index):
         values = data.loc[role].to_numpy(dtype=float)
+        x = np.arange(len(concepts)) + (k - (len(data) - 1) / 2) * width
+        flags.mark_points(ax, x, values, [(role, c) in data.attrs.get("flags", set()) for c in concepts])
         ax.bar(np.arange(len(concepts)) + (k - (len(data) - 1) / 2) * width, values, width,
-               color=role_colours.get(role), label=f"{role} ({data.attrs['sources'][role]})")  # fmt: skip
+               color=role_colours.get(role), hatch="//" if fit_of.get(role) == "OLS" else None,
+               edgecolor="white", label=f"{role} ({data.attrs['sources'][role]})")  # fmt: skip
     if np.nanmin(data.to_numpy(dtype=float)) > 0:
         ax.set_yscale("log")
     ax.set_xticks(range(len(concepts)))
@@ -465,10 +499,12 @@ def selectivity_data(view: ResultsView) -> pd.DataFrame:
                 sel = ctl_test - float(clf.loc[layer, "test_error"])
             if not (np.isfinite(sel) or np.isfinite(ctl_test)):
                 continue
+            marks = [str(clf.loc[layer, "flag"])] + ([str(ctl.loc[layer, "flag"])] if layer in ctl.index else [])
             rows.append({"run": run, "checkpoint": ckpt, "layer": layer, "selectivity": sel,
-                         "control_train_accuracy": 1 - ctl_train, "control_test_accuracy": 1 - ctl_test})  # fmt: skip
+                         "control_train_accuracy": 1 - ctl_train, "control_test_accuracy": 1 - ctl_test,
+                         "flag": "; ".join(m for m in marks if m)})  # fmt: skip
     data = pd.DataFrame(rows, columns=["run", "checkpoint", "layer", "selectivity",
-                                       "control_train_accuracy", "control_test_accuracy"])  # fmt: skip
+                                       "control_train_accuracy", "control_test_accuracy", "flag"])  # fmt: skip
     if data.empty or not np.isfinite(data["selectivity"]).any():
         raise SkipFigure("no control rows (or selectivity values) next to classifier rows")
     return data
@@ -486,6 +522,7 @@ def plot_selectivity(data: pd.DataFrame, view: ResultsView) -> Figure:
         x = [pos[layer] for layer in sub["layer"]]
         label = style.run_label(run, view.corruption[run])
         ax.plot(x, 100 * sub["selectivity"], "-o", color=colours[run], label=label)
+        flags.mark_points(ax, x, 100 * sub["selectivity"], sub["flag"])
         ax2.plot(x, 100 * sub["control_train_accuracy"], "-o", color=colours[run], label=f"{label}, train")
         ax2.plot(x, 100 * sub["control_test_accuracy"], "--", marker="x", color=colours[run], label=f"{label}, test")
     for a in (ax, ax2):
@@ -534,7 +571,8 @@ def make_figures(
          lambda: clean_corrupted_data(view), plot_clean_corrupted),
         ("mspe_table", "RCV test MSPE per concept: random / memorizing / generalizing (Graziani Table 1)",
          "random = untrained network, memorizing = most corrupted run, generalizing = corruption 0; "
-         "last checkpoints. Lower is better.",
+         "last checkpoints. Lower is better. OLS rows (hatched; probe rcv_ols) are the authors' "
+         "unpenalized fit, ridge rows choose alpha on valid.",
          lambda: mspe_table_data(view, table_layer), plot_mspe_table),
         ("selectivity", "Probe selectivity per layer, last checkpoint (control tasks)",
          "Selectivity = accuracy on true labels − accuracy on control labels (test split). "
@@ -542,6 +580,7 @@ def make_figures(
          lambda: selectivity_data(view), plot_selectivity),
     ]  # fmt: skip
     results = draw_figures(specs, view, figures_dir)
+    _note_flags(results, view)
     for result in results:
         if result.key == "mspe_table" and result.file:
             data = result.data
@@ -552,18 +591,49 @@ def make_figures(
     return results
 
 
+def _marked_count(data: Any) -> int:
+    if isinstance(data, dict):
+        return sum(int(sum(1 for f in np.ravel(m.attrs.get("flags", [])) if f)) for m in data.values())
+    if isinstance(data, pd.DataFrame):
+        if "flag" in data.columns:
+            return int((data["flag"] != "").sum())
+        return len(data.attrs.get("flags", ()))
+    return 0
+
+
+def _note_flags(results: list[FigureResult], view: ResultsView) -> None:
+    """End each drawn figure's caption with what it marks and what it leaves out.
+
+    Only when the table has such probes: a clean table keeps short captions.
+    """
+    table = view.table if view.table is not None else view.rows
+    cats = flags.categories(table)
+    excluded = len(cats["failed"]) + len(cats["degenerate_split"])
+    if not excluded and not (view.rows["flag"] != "").any():
+        return
+    for result in results:
+        if result.file:
+            result.caption += flags.caption_note(_marked_count(result.data), excluded)
+
+
 def mspe_cells(data: pd.DataFrame) -> list[tuple[str, list[tuple[str, bool]]]]:
     """Rows of the MSPE table as ``(network, [(text, is_best_in_column), ...])``.
 
     Three significant digits, as Graziani et al.'s Table 1 mixes 0.032 and 2e5;
-    the lowest MSPE of each concept is flagged so renderers can bold it.
+    the lowest MSPE of each concept is flagged so renderers can bold it (among the rows
+    of the same fit, ridge or OLS, when both are shown: as in Table 1, bold compares
+    networks, not solvers).
     """
-    best = data.min(axis=0, skipna=True)
+    fit_of = data.attrs.get("fit", {})
+    groups = {role: fit_of.get(role, "") for role in data.index}
     out = []
     for role, values in data.iterrows():
+        peers = data.loc[[r for r in data.index if groups[r] == groups[role]]]
+        best = peers.min(axis=0, skipna=True)
         cells = []
         for concept, v in values.items():
             text = "–" if not np.isfinite(v) else f"{v:.3g}"
-            cells.append((text, bool(np.isfinite(v) and len(data) > 1 and v == best[concept])))
+            text += flags.TABLE_MARK if (role, concept) in data.attrs.get("flags", set()) and np.isfinite(v) else ""
+            cells.append((text, bool(np.isfinite(v) and len(peers) > 1 and v == best[concept])))
         out.append((str(role), cells))
     return out

@@ -6,12 +6,21 @@ verdict. They are reported, never asserted: a small demo may well contradict a p
 and the report should say so plainly rather than fail.
 
 The decision rules are deliberately simple and written into each ``detail`` so a
-reader can redo them from the numbers:
+reader can redo them from the numbers (docs/science.md §9 gives each rule with the
+paper's claim it tests). Alain & Bengio's two findings come with the *setting* they
+were made in: each names whether this run is that setting (their MNIST convnet on
+MNIST, or for depth also ResNet-50 / Inception v3) and, when it is not, says so beside
+the verdict, since a verdict on another model tests a generalisation of the claim:
 
-- depth: at the generalizing run's last checkpoint, error(last hidden) <
-  error(first hidden) and at most half of the layer-to-layer steps increase;
-- random features: at the random network (epoch 0, or a run named "random"), the best
-  hidden layer's error < the input layer's;
+- depth (Alain & Bengio: after training, probe error falls near-monotonically with
+  depth): at the generalizing run's last (trained) checkpoint, over the input, every
+  hidden layer and the output layer in model order, no layer-to-layer step raises the
+  test error by more than :data:`DEPTH_TOLERANCE` and the Spearman correlation of
+  error with depth is at most :data:`DEPTH_MAX_SPEARMAN`;
+- random features (Alain & Bengio Fig. 3 left: the random network's layers already
+  separate the classes better than the pixels): at the random network (epoch 0, or a
+  run named "random"), the best layer's error is below the input's by more than
+  :data:`RANDOM_MARGIN`;
 - training: per run, mean hidden-layer error at the last checkpoint < at the first;
   holds when it does for every run;
 - RCV vs corruption: least-squares slope of R² against corruption fraction, at the
@@ -21,8 +30,8 @@ reader can redo them from the numbers:
   its gain from the first to the last checkpoint, clean vs corrupted samples (the
   corrupted ones against their training labels); a series that gains less than 5
   accuracy points is "not learned";
-- selectivity: mean selectivity over hidden layers at the last checkpoint, most
-  memorizing run < generalizing run.
+- selectivity (Hewitt & Liang: the deeper ELMo layer is the more selective): at the
+  generalizing run's last checkpoint, selectivity of the last hidden layer > of the first.
 """
 
 from __future__ import annotations
@@ -30,14 +39,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import rankdata
 
 from analyze.report.figures import SkipFigure, default_corruption_concepts, selectivity_data
-from analyze.report.table import ResultsView
+from analyze.report.table import OUTPUT_LAYERS, ResultsView
 
 #: Fraction of the first-to-last accuracy gain that counts as "learned".
 LEARNED_FRACTION = 0.9
 #: A series gaining less accuracy than this (fraction) over training is "not learned".
 MIN_GAIN = 0.05
+#: Largest rise of probe test error from one layer to the next that still counts as
+#: "near-monotone" (absolute error). Alain & Bengio call their ResNet-50 profile (Fig. 4a)
+#: "almost perfectly monotonic"; its one rise is 0.76 -> 0.77 (add_7 -> add_8), and their
+#: MNIST profile (Fig. 3 right) has one "minor kink" (fc1_preact).
+DEPTH_TOLERANCE = 0.01
+#: Largest Spearman correlation of test error with depth that counts as "falls with
+#: depth". A&B's own profiles have rho = -0.998 (Fig. 4a) and about -0.99 (Fig. 3 right,
+#: one adjacent swap in 10 probes); -0.9 leaves room for one adjacent swap among 5 layers
+#: or about 8 among 10 (probe noise on small test splits) but rejects a flat profile.
+DEPTH_MAX_SPEARMAN = -0.9
+#: How much lower than the input's the random network's best probe error must be to
+#: "beat the pixels" (absolute error; A&B Fig. 3 left: 8% -> 2%). The same size as
+#: :data:`DEPTH_TOLERANCE`: smaller differences are within probe noise on ~1,500 test
+#: samples (binomial standard error 0.007 at 8% error).
+RANDOM_MARGIN = 0.01
+#: Alain & Bengio's settings: model name -> dataset-name prefix. The depth claim is made
+#: on all three (§3.5, §4.1, §4.2), the random-features claim on the MNIST convnet only.
+AB_DEPTH_SETTINGS = {"ab_mnist_convnet": "mnist", "torchvision:resnet50": "imagenet",
+                     "torchvision:inception_v3": "imagenet"}
+AB_RANDOM_SETTINGS = {"ab_mnist_convnet": "mnist"}
 
 
 @dataclass
@@ -78,67 +108,146 @@ def _errors(view: ResultsView, run: str, ckpt: str, layers: list[str]) -> dict[s
     return {layer: float(df[layer]) for layer in layers if layer in df.index and np.isfinite(df[layer])}
 
 
+# ---------------------------------------------------------------------- A&B: setting
+def setting_note(view: ResultsView, run: str, models: dict[str, str] | None, settings: dict[str, str],
+                 paper: str) -> str:
+    """Whether ``run`` is one of the paper's settings for a claim, in words.
+
+    ``settings`` maps a model name to the dataset-name prefix it was used with;
+    ``paper`` names those settings for the reader. The model comes from the store
+    (``models``, run -> model name); without a store the setting is unknown.
+    """
+    model = (models or {}).get(run)
+    dataset = view.dataset_name
+    if model is None:
+        return f"unknown (no store given, so the model is not known); the paper's: {paper}"
+    this = f"{model} on {dataset or 'an unnamed dataset'}"
+    prefix = settings.get(model)
+    if prefix is not None and dataset is not None and dataset.lower().startswith(prefix):
+        return f"the paper's ({this})"
+    return f"NOT the paper's: {this}; the claim was made for {paper}, so this verdict tests a generalisation of it"
+
+
+def run_models(store_path) -> dict[str, str]:
+    """Run -> model name (``ModelSpec.name``) as recorded in a store."""
+    from storage_schema.store import open_store
+
+    store = open_store(store_path, "r")
+    try:
+        return {run: str(store.run_info(run).model.get("name", "")) for run in store.runs()}
+    finally:
+        store.close()
+
+
+def _input_error(view: ResultsView, run: str, ckpt: str) -> float | None:
+    """Probe error on the raw input: the same pixels at every checkpoint, so any probe of it will do."""
+    inp = view.input_layer()
+    if inp is None:
+        return None
+    rows = view.select("classifier", "true_labels", layer=inp)
+    rows = rows[np.isfinite(rows["test_error"])]
+    same = rows[(rows["run"] == run) & (rows["checkpoint"] == ckpt)]
+    src = same if not same.empty else rows
+    return None if src.empty else float(src["test_error"].iloc[0])
+
+
+def _depth_profile(view: ResultsView, run: str, ckpt: str) -> dict[str, float]:
+    """Test error of every probed layer of one checkpoint, input to output, in model order."""
+    outputs = [layer for layer in view.layers if layer in OUTPUT_LAYERS]
+    profile = {}
+    inp = _input_error(view, run, ckpt)
+    if inp is not None:
+        profile[str(view.input_layer())] = inp
+    profile.update(_errors(view, run, ckpt, view.hidden_layers() + outputs))
+    return profile
+
+
+def spearman(values) -> float:
+    """Spearman correlation of ``values`` with their position (NaN for a constant series)."""
+    v = np.asarray(values, float)
+    if v.size < 2 or np.all(v == v[0]):
+        return float("nan")
+    return float(np.corrcoef(np.arange(v.size), rankdata(v))[0, 1])
+
+
 # ---------------------------------------------------------------------- A&B: depth
-DEPTH = "Probe error falls with depth in a trained network (Alain & Bengio 2016, Fig. 3-5)"
+DEPTH = "Probe error falls near-monotonically with depth in a trained network (Alain & Bengio 2016, Fig. 3 right, 4, 5)"
+AB_DEPTH_PAPER = "A&B's MNIST convnet on MNIST (Fig. 3), ResNet-50 and Inception v3 on ImageNet (Fig. 4, 5)"
 
 
-def depth_finding(view: ResultsView) -> Finding:
-    """Error at the last vs first hidden layer of the trained generalizing network."""
-    rule = "error(last hidden) < error(first hidden) and at most half the layer-to-layer steps increase"
+def depth_finding(view: ResultsView, models: dict[str, str] | None = None) -> Finding:
+    """Near-monotone fall of probe error with depth at the trained generalizing network."""
+    rule = (f"over input, hidden and output layers in model order at the last checkpoint: every step up in test "
+            f"error <= {DEPTH_TOLERANCE} and Spearman rho(depth, error) <= {DEPTH_MAX_SPEARMAN}")
     gen = view.generalizing_run()
     if gen is None:
         return Finding("depth", DEPTH, None, detail="no trained run with corruption 0 in the table")
     ckpt = view.last_checkpoint(gen)
-    errors = _errors(view, gen, ckpt, view.hidden_layers())
-    if len(errors) < 2:
-        return Finding("depth", DEPTH, None, {"run": gen, "checkpoint": ckpt},
-                       detail="fewer than two hidden layers with a classifier probe")  # fmt: skip
-    values = np.array(list(errors.values()))
-    steps = len(values) - 1
-    increases = int(np.sum(np.diff(values) > 0))
-    layers = list(errors)
-    holds = bool(values[-1] < values[0] and increases <= steps // 2)
+    setting = setting_note(view, gen, models, AB_DEPTH_SETTINGS, AB_DEPTH_PAPER)
+    if view.has_epochs(gen) and view.epochs[(gen, ckpt)] == 0:
+        return Finding("depth", DEPTH, None, {"setting": setting, "run": gen, "checkpoint": ckpt},
+                       detail="the generalizing run's last checkpoint is epoch 0 (untrained)")
+    errors = _depth_profile(view, gen, ckpt)
+    if len(errors) < 3:
+        return Finding("depth", DEPTH, None, {"setting": setting, "run": gen, "checkpoint": ckpt},
+                       detail="fewer than three layers with a classifier probe")  # fmt: skip
+    layers, values = list(errors), np.array(list(errors.values()))
+    steps = np.diff(values)
+    worst = int(np.argmax(steps))
+    rho = spearman(values)
+    # (1e-9: the thresholds are met exactly by, e.g., a rise of 0.01 or one swap among 5 layers)
+    holds = bool(steps[worst] <= DEPTH_TOLERANCE + 1e-9 and rho <= DEPTH_MAX_SPEARMAN + 1e-9)
     numbers = {
-        "run": gen, "checkpoint": ckpt,
-        "first hidden": f"{layers[0]} {values[0]:.4f}", "last hidden": f"{layers[-1]} {values[-1]:.4f}",
-        "steps that increase": f"{increases} of {steps}",
+        "setting": setting, "run": gen, "checkpoint": ckpt,
+        "shallowest": f"{layers[0]} {values[0]:.4f}", "deepest": f"{layers[-1]} {values[-1]:.4f}",
+        "steps that increase": f"{int(np.sum(steps > 0))} of {steps.size}",
+        "largest step up": (f"{layers[worst]} -> {layers[worst + 1]} {steps[worst]:+.4f}" if steps[worst] > 0
+                            else "none"),
+        "Spearman rho (depth, error)": _r(rho),
         "test error per layer": {k: _r(v) for k, v in errors.items()},
     }  # fmt: skip
     return Finding("depth", DEPTH, holds, numbers, detail=rule)
 
 
 # ---------------------------------------------------------------------- A&B: random features
-RANDOM = "Random-network features separate classes better than raw pixels (Alain & Bengio 2016, Fig. 3 left)"
+RANDOM = ("The random network's layers separate the classes better than the raw pixels "
+          "(Alain & Bengio 2016, Fig. 3 left)")
+AB_RANDOM_PAPER = "A&B's MNIST convnet at initialization (Fig. 3 left: test error 8% on the pixels, 2% at best)"
 
 
-def random_features_finding(view: ResultsView) -> Finding:
-    """Best hidden layer of the untrained network vs the input layer."""
+def random_features_finding(view: ResultsView, models: dict[str, str] | None = None) -> Finding:
+    """Best layer of the untrained network vs the input layer, with a margin."""
     ref = view.random_reference()
     inp = view.input_layer()
     if ref is None:
         return Finding("random_features", RANDOM, None, detail="no epoch-0 checkpoint and no run named 'random'")
-    if inp is None:
-        return Finding("random_features", RANDOM, None, detail="no 'input' layer probed (raw pixels)")
     run, ckpt = ref
-    inputs = view.select("classifier", "true_labels", layer=inp)
-    same = inputs[(inputs["run"] == run) & (inputs["checkpoint"] == ckpt)]
-    # The input is the same pixels at every checkpoint: any probe of it will do.
-    src = same if not same.empty else inputs
-    src = src[np.isfinite(src["test_error"])]
-    hidden = _errors(view, run, ckpt, view.hidden_layers())
-    if src.empty or not hidden:
-        return Finding("random_features", RANDOM, None, {"random network": f"{run}/{ckpt}"},
-                       detail="no classifier probe of the input layer or of a hidden layer of the random network")  # fmt: skip
-    input_error = float(src["test_error"].iloc[0])
-    best = min(hidden, key=lambda layer: hidden[layer])
+    setting = setting_note(view, run, models, AB_RANDOM_SETTINGS, AB_RANDOM_PAPER)
+    if inp is None:
+        return Finding("random_features", RANDOM, None, {"setting": setting},
+                       detail="no 'input' layer probed (raw pixels)")
+    input_error = _input_error(view, run, ckpt)
+    profile = _depth_profile(view, run, ckpt)
+    features = {k: v for k, v in profile.items() if k != inp}
+    if input_error is None or not features:
+        return Finding("random_features", RANDOM, None, {"setting": setting, "random network": f"{run}/{ckpt}"},
+                       detail="no classifier probe of the input layer or of a layer of the random network")  # fmt: skip
+    best = min(features, key=lambda layer: features[layer])
+    layers, values = list(profile), np.array(list(profile.values()))
+    drops = np.diff(values)
+    biggest = int(np.argmin(drops))
     numbers = {
+        "setting": setting,
         "random network": f"{run}/{ckpt}",
         "input test error": _r(input_error),
-        "best hidden layer": f"{best} {hidden[best]:.4f}",
-        "test error per layer": {k: _r(v) for k, v in hidden.items()},
+        "best layer": f"{best} {features[best]:.4f}",
+        "gain over the input": _r(input_error - features[best]),
+        "largest single drop (A&B: the first ReLU)": f"{layers[biggest]} -> {layers[biggest + 1]} {drops[biggest]:+.4f}",
+        "test error per layer": {k: _r(v) for k, v in profile.items()},
     }
-    return Finding("random_features", RANDOM, bool(hidden[best] < input_error), numbers,
-                   detail="min over hidden layers of the random network's probe error < the input layer's")  # fmt: skip
+    holds = bool(features[best] < input_error - RANDOM_MARGIN)
+    return Finding("random_features", RANDOM, holds, numbers,
+                   detail=f"min over the random network's layers of the probe test error < the input's - {RANDOM_MARGIN}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------- Graziani: training
@@ -275,41 +384,55 @@ def clean_first_finding(view: ResultsView) -> Finding:
 
 
 # ---------------------------------------------------------------------- control tasks
-SELECTIVITY = "Probes on a memorizing network are less selective than on the generalizing network (control tasks)"
+SELECTIVITY = ("Probes on a deeper layer are more selective than on the first hidden layer (Hewitt & Liang 2019: "
+               "probes on ELMo's second layer are substantially more selective than on its first)")
 
 
 def selectivity_finding(view: ResultsView) -> Finding:
-    """Mean selectivity over hidden layers at the last checkpoint, memorizing vs generalizing."""
-    gen, mem = view.generalizing_run(), view.memorizing_run()
-    if gen is None or mem is None:
-        return Finding("selectivity", SELECTIVITY, None, detail="needs a generalizing run and a run with corruption > 0")
+    """Selectivity of the last vs the first hidden layer at the trained generalizing network.
+
+    Hewitt & Liang's layer comparison, on the control task of recurring input types
+    (docs/science.md §2): a deeper layer that has abstracted away which input it saw
+    leaves the probe less to memorize. No paper claims anything about the selectivity
+    of memorizing networks, so this finding does not compare runs.
+    """
+    rule = ("at the generalizing run's last checkpoint: selectivity (test accuracy, true − control labels, the "
+            "control probe at the true-label probe's C) of the last hidden layer > that of the first hidden layer")
+    gen = view.generalizing_run()
+    if gen is None:
+        return Finding("selectivity", SELECTIVITY, None, detail="no trained run with corruption 0 in the table")
     try:
         data = selectivity_data(view)
     except SkipFigure as skip:
         return Finding("selectivity", SELECTIVITY, None, detail=str(skip))
-    data = data[data["layer"].isin(view.hidden_layers())]
-    stats, means = {}, {}
-    for run in (gen, mem):
-        sub = data[(data["run"] == run) & np.isfinite(data["selectivity"])]
-        if sub.empty:
-            return Finding("selectivity", SELECTIVITY, None, detail=f"no selectivity at hidden layers of run {run!r}")
-        means[run] = float(sub["selectivity"].mean())
-        stats[run] = {
-            "mean selectivity": _r(means[run]),
-            "control train accuracy": _r(sub["control_train_accuracy"].mean()),
-            "control test accuracy": _r(sub["control_test_accuracy"].mean()),
-        }
-    numbers = {"generalizing": gen, "memorizing": mem, **{f"{run} (mean over hidden layers)": v for run, v in stats.items()}}
-    holds = bool(means[mem] < means[gen])
-    return Finding("selectivity", SELECTIVITY, holds, numbers,
-                   detail="mean selectivity (accuracy true − control, test split) over hidden layers at the last checkpoint")  # fmt: skip
+    ckpt = view.last_checkpoint(gen)
+    sub = data[(data["run"] == gen) & data["layer"].isin(view.hidden_layers()) & np.isfinite(data["selectivity"])]
+    if len(sub) < 2:
+        return Finding("selectivity", SELECTIVITY, None, {"run": gen, "checkpoint": ckpt},
+                       detail="fewer than two hidden layers with a selectivity (control probes failed or absent?)")
+    order = {layer: i for i, layer in enumerate(view.layers)}
+    sub = sub.sort_values("layer", key=lambda s: s.map(order))
+    first, last = sub.iloc[0], sub.iloc[-1]
+    numbers = {
+        "run": gen, "checkpoint": ckpt,
+        "first hidden": f"{first['layer']} {first['selectivity']:.4f}",
+        "last hidden": f"{last['layer']} {last['selectivity']:.4f}",
+        "selectivity per hidden layer": {r["layer"]: _r(r["selectivity"]) for _, r in sub.iterrows()},
+        "control test accuracy per hidden layer": {r["layer"]: _r(r["control_test_accuracy"]) for _, r in sub.iterrows()},
+    }  # fmt: skip
+    return Finding("selectivity", SELECTIVITY, bool(last["selectivity"] > first["selectivity"]), numbers, detail=rule)
 
 
-def compute_findings(view: ResultsView, *, concept: str | None = None) -> list[Finding]:
-    """All headline findings, in the order of the papers' narrative."""
+def compute_findings(view: ResultsView, *, concept: str | None = None,
+                     models: dict[str, str] | None = None) -> list[Finding]:
+    """All headline findings, in the order of the papers' narrative.
+
+    ``models`` (run -> model name, :func:`run_models` of the store) lets Alain &
+    Bengio's findings say whether the run is the paper's setting.
+    """
     return [
-        depth_finding(view),
-        random_features_finding(view),
+        depth_finding(view, models),
+        random_features_finding(view, models),
         training_finding(view),
         rcv_corruption_finding(view, concept),
         clean_first_finding(view),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from html import escape
 
+from analyze.report import flags
 from analyze.report.figures import FigureResult, mspe_cells
 from analyze.report.findings import Finding
 from analyze.report.table import ResultsView, run_summary
@@ -50,9 +51,22 @@ def _summary(view: ResultsView, source: str) -> str:
     rows = [[escape(str(v)) for v in r] for r in summary.itertuples(index=False)]
     parts.append(_table([escape(c) for c in summary.columns], rows))
     parts.append(f"<p>Layers (model order): {escape(', '.join(view.layers))}</p>")
-    if view.n_failed:
-        items = "".join(f"<li>{escape(e)}</li>" for e in view.failed_examples)
-        parts.append(f"<p class='skipped'>{view.n_failed} probe(s) failed and are left out, e.g.:</p><ul>{items}</ul>")
+    return "".join(parts)
+
+
+def _flagged(view: ResultsView) -> str:
+    """The "Probes left out or flagged" section: counts, how each is treated, examples."""
+    table = view.table if view.table is not None else view.rows
+    counts = flags.count_lines(table)
+    if not counts:
+        return "<p>Every probe converged, chose a C / alpha inside its grid and was measured on proper splits.</p>"
+    parts = [_table(["probes", "count", "in this report"],
+                    [[escape(label), str(n), escape(how)] for label, n, how in counts])]
+    rows, total = flags.example_rows(table)
+    parts.append(_table(["probe", "status", "grid edge", "message"], [[escape(c) for c in r] for r in rows]))
+    if total > len(rows):
+        parts.append(f"<p class='caption'>{total - len(rows)} more: filter the results table on "
+                     "<code>status</code> and <code>grid_edge</code>.</p>")
     return "".join(parts)
 
 
@@ -107,6 +121,8 @@ def render_html(view: ResultsView, findings: list[Finding], figures: list[Figure
         f"<h1>{escape(title)}</h1>",
         "<h2>Runs</h2>",
         _summary(view, source),
+        "<h2>Probes left out or flagged</h2>",
+        _flagged(view),
         "<h2>Headline findings, checked on this run</h2>",
         "<p class='caption'>Observations from this table, not assertions: a small run may disagree with a paper.</p>",
         _findings(findings),

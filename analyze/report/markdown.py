@@ -7,6 +7,7 @@ relative paths.
 
 from __future__ import annotations
 
+from analyze.report import flags
 from analyze.report.figures import FigureResult, mspe_cells
 from analyze.report.findings import Finding
 from analyze.report.table import ResultsView, run_summary
@@ -21,6 +22,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines + [""]
+
+
+def _flagged(view: ResultsView) -> list[str]:
+    """Counts per kind of flagged probe, how the report treats each, and examples."""
+    table = view.table if view.table is not None else view.rows
+    counts = flags.count_lines(table)
+    if not counts:
+        return ["Every probe converged, chose a C / alpha inside its grid and was measured on proper splits.", ""]
+    out = _table(["probes", "count", "in this report"], [[label, str(n), how] for label, n, how in counts])
+    rows, total = flags.example_rows(table)
+    out += _table(["probe", "status", "grid edge", "message"], rows)
+    if total > len(rows):
+        out += [f"{total - len(rows)} more: filter the results table on `status` and `grid_edge`.", ""]
+    return out
 
 
 def render_markdown(view: ResultsView, findings: list[Finding], figures: list[FigureResult], *, source: str) -> str:
@@ -40,9 +55,7 @@ def render_markdown(view: ResultsView, findings: list[Finding], figures: list[Fi
     summary = run_summary(view)
     out += _table(list(summary.columns), [[str(v) for v in r] for r in summary.itertuples(index=False)])
     out += [f"Layers (model order): {', '.join(view.layers)}", ""]
-    if view.n_failed:
-        out += [f"{view.n_failed} probe(s) failed and are left out, e.g.:", ""]
-        out += [f"- {e}" for e in view.failed_examples] + [""]
+    out += ["## Probes left out or flagged", ""] + _flagged(view)
 
     out += ["## Headline findings, checked on this run", "",
             "Observations from this table, not assertions: a small run may disagree with a paper.", ""]  # fmt: skip

@@ -41,8 +41,8 @@ KEY_COLUMNS = ("method", "run", "checkpoint", "layer", "concept", "class_name", 
 #: Columns a table with TCAV rows needs for the significance table.
 TCAV_COLUMNS = ("score_std", "random_mean", "random_std", "p_value", "effect_size", "significant")
 NUMERIC = ("epoch", "class_index", "n_samples", "n_concept", "repeats", "score_mean", "score_std",
-           "random_mean", "random_std", "t", "p_value", "effect_size", "alpha", "cav_accuracy",
-           "sign_fraction", "rcv_r2_test")
+           "random_mean", "random_std", "t", "p_value", "effect_size", "alpha", "cav_heldout_accuracy",
+           "cav_train_accuracy", "n_random_excluded", "sign_fraction", "rcv_r2_test", "lift_scale")
 
 
 def read_tcav(path: str | Path) -> pd.DataFrame:
@@ -250,8 +250,14 @@ def rcv_sensitivity_data(view: ResultsView, tcav: pd.DataFrame | None) -> pd.Dat
 def rcv_sensitivity_rows(data: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["run", "checkpoint", "layer", "concept", "class", "mean derivative along the RCV",
               "fraction positive", "RCV test R²"]
-    rows = [[r.run, _when(r.epoch, r.checkpoint), str(r.layer), r.concept, r.class_name, _num(r.score_mean, ".3g"),
-             _num(r.sign_fraction), _num(r.rcv_r2_test)] for r in data.itertuples(index=False)]
+    rows = []
+    for r in data.itertuples(index=False):
+        if getattr(r, "status", "ok") == "failed":  # shown, not hidden: the RCV could not be fitted
+            rows.append([r.run, _when(r.epoch, r.checkpoint), str(r.layer), r.concept, "—",
+                         f"failed: {getattr(r, 'message', '')}", "—", "—"])
+            continue
+        rows.append([r.run, _when(r.epoch, r.checkpoint), str(r.layer), r.concept, r.class_name,
+                     _num(r.score_mean, ".3g"), _num(r.sign_fraction), _num(r.rcv_r2_test)])
     return header, rows
 
 
@@ -335,8 +341,9 @@ def make_sensitivity_figures(view: ResultsView, figures_dir: str | Path, *, tcav
     if data is not None:
         n, k = len(data), int(data["significant"].sum())
         alphas = sorted(set(data["alpha"].dropna().round(6)))
-        entry.caption += f" {k} of {n} tests significant" + (f" at alpha = {alphas[0]:g}." if len(alphas) == 1
-                                                               else ".")
+        entry.caption += f" {k} of {n} tests significant" + (
+            f" at a per-test alpha = {alphas[0]:g} (`probestore tcav` divides its --alpha by the number of tests "
+            "of the table, Bonferroni, unless run with --no-bonferroni)." if len(alphas) == 1 else ".")
     results.append(entry)
 
     fig = FigureResult(key="tcav_layers", title="TCAV score per layer, concept vs random, last checkpoint",

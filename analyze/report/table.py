@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analyze.report.flags import flag_of
 from storage_schema.errors import ConfigError, DataError, NotFoundError, did_you_mean
 
 #: Columns without which no row can be placed in any figure.
@@ -35,11 +36,13 @@ NUMERIC_COLUMNS = (
     "train_loss", "valid_loss", "test_loss",
     "train_r2", "valid_r2", "test_r2",
     "train_mspe", "valid_mspe", "test_mspe",
-    "selectivity_train", "selectivity_test", "clean_error", "corrupted_error",
+    "selectivity_train", "selectivity_valid", "selectivity_test", "clean_error", "corrupted_error",
     "n_train", "n_valid", "n_test", "fit_seconds",
 )  # fmt: skip
 
-#: Statuses whose numbers are results; "failed" rows carry a reason, not numbers.
+#: Statuses whose numbers are drawn ("not_converged" ones marked; see analyze.report.flags);
+#: "failed" rows carry a reason, not numbers, and "degenerate_split" rows were measured
+#: on splits that lack classes: both are left out and listed.
 USABLE_STATUS = ("ok", "not_converged")
 
 #: Layer names that stand for the raw input rather than a hidden representation.
@@ -95,9 +98,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
         )
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
+        df = _read_parquet(path)
     elif suffix == ".csv":
-        df = pd.read_csv(path, keep_default_na=True)
+        df = _read_csv(path)
     else:
         raise ConfigError(
             "unknown results table format",
@@ -107,6 +110,41 @@ def read_results(path: str | Path) -> pd.DataFrame:
             fix="pass the .parquet table (or its .csv export) written by `probestore analyze`",
         )
     return normalise(df, where=str(path))
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    from analyze.results import unreadable_table
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise unreadable_table(path, exc) from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV export; a Parquet file under a .csv name (old ``analyze -o res.csv``) is named as such."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"PAR1":
+        target = path.with_suffix(".parquet")
+        raise DataError(
+            "this .csv file holds a Parquet table (an older `probestore analyze -o X.csv` wrote Parquet "
+            "under a .csv name)",
+            where=str(path),
+            expected="CSV text",
+            got="Parquet bytes (PAR1)",
+            fix=f"rename it: mv {path} {target}; then pass {target}",
+        )
+    try:
+        return pd.read_csv(path, keep_default_na=True)
+    except (UnicodeDecodeError, ValueError) as exc:  # pandas' ParserError / EmptyDataError are ValueErrors
+        raise DataError(
+            "the results table is not a readable CSV file",
+            where=str(path),
+            expected="the .csv export written by `probestore analyze`",
+            got=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
+            fix="pass the .parquet table it was exported from, or rerun `probestore analyze` to rewrite both",
+        ) from None
 
 
 def normalise(df: pd.DataFrame, *, where: str = "results table") -> pd.DataFrame:
@@ -134,6 +172,8 @@ def normalise(df: pd.DataFrame, *, where: str = "results table") -> pd.DataFrame
     df["status"] = df["status"].fillna("ok").astype(str)
     if "message" not in df.columns:
         df["message"] = ""
+    for col in ("message", "grid_edge"):  # text; NaN in a CSV export
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str) if col in df.columns else ""
     return df
 
 
@@ -153,6 +193,8 @@ class ResultsView:
     layers: list[str]
     n_failed: int = 0
     failed_examples: list[str] = field(default_factory=list)
+    #: The whole normalised table, left-out rows included (the report's flagged-probes section).
+    table: pd.DataFrame | None = None
     dataset_name: str | None = None
     class_names: list[str] | None = None
     layer_order_source: str = "table"
@@ -331,10 +373,11 @@ def make_view(df: pd.DataFrame, store_path: str | Path | None = None) -> Results
     ok = df[df["status"].isin(USABLE_STATUS)]
     # One row per probe: a table appended to by hand may repeat one; the last one wins.
     ok = ok.drop_duplicates(subset=list(KEY_COLUMNS), keep="last").copy()
+    ok["flag"] = flag_of(ok).to_numpy() if len(ok) else ""
     failed = df[~df["status"].isin(USABLE_STATUS)]
     examples = [f"{r.probe_id if 'probe_id' in df.columns else r.run}: {r.message}" for r in failed.head(5).itertuples()]
     if ok.empty:
-        ok = df.iloc[0:0].copy()
+        ok = df.iloc[0:0].assign(flag="")
     corruption = {str(r): float(v) for r, v in df.groupby("run", sort=False)["corruption_fraction"].max().items()}
     runs = sorted(dict.fromkeys(ok["run"]), key=lambda r: (is_random_run(r), corruption[r], natural_key(r)))
     checkpoints, epochs = _checkpoint_order(ok)
@@ -357,6 +400,7 @@ def make_view(df: pd.DataFrame, store_path: str | Path | None = None) -> Results
         epochs=epochs,
         layers=layers,
         n_failed=int(len(failed)),
+        table=df,
         failed_examples=examples,
         dataset_name=dataset_name,
         class_names=class_names,

@@ -379,6 +379,7 @@ def fit_logistic_block(
     tol: float = 1e-6,
     dtype=np.float32,
     warm_start: Mapping[str, LogisticResult] | None = None,
+    fixed_C: Mapping[str, str | float] | None = None,
 ) -> dict[str, LogisticResult]:
     """Fit, select and score multinomial probes for every label set of one block.
 
@@ -402,6 +403,14 @@ def fit_logistic_block(
     warm_start : mapping name -> LogisticResult, optional
         The previous checkpoint's results for the same layer: used, per C, when its
         objective beats the solution at the previous C.
+    fixed_C : mapping name -> str or float, optional
+        Label sets fitted at one C instead of along the grid: a float, or the *name of
+        another label set*, meaning the C selected for that set (Hewitt & Liang's
+        control probe keeps the task probe's complexity). They are solved after the
+        grid, together in one batched L-BFGS, each started from whichever is lower in
+        its objective: zero weights with log-prior intercepts, or a grid solution of
+        another label set at the same C. Their ``path`` holds values at ``C_index``
+        only (NaN elsewhere; ``C_index`` is -1 for a C outside the grid).
 
     Returns
     -------
@@ -412,7 +421,7 @@ def fit_logistic_block(
     DataError
         NaN/Inf features, empty train/valid, misaligned labels, or no usable label set.
     ConfigError
-        Bad ``Cs``, ``n_classes``, ``max_iter``, ``tol`` or ``warm_start``.
+        Bad ``Cs``, ``n_classes``, ``max_iter``, ``tol``, ``warm_start`` or ``fixed_C``.
     """
     if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
         raise ConfigError("n_classes must be an integer >= 2", where="n_classes", got=repr(n_classes))
@@ -422,6 +431,7 @@ def fit_logistic_block(
     if not label_sets:
         raise ConfigError("no label sets given", where="label_sets", expected="at least one")
     C_grid = _check_Cs(Cs)
+    fixed = _check_fixed(fixed_C, label_sets)
     K = int(n_classes)
     dtype = np.dtype(dtype)
     X_train = _check_X(X_train, "train", None)
@@ -455,33 +465,22 @@ def fit_logistic_block(
     Xw0 = Xw[0]
     assert Xw0 is not None, "X_train was validated above"
     Fw = Xw0.shape[1]
+    method = "primal" if basis is None else "rowspace"
+    space = _Space(Xw, std, basis, F, Fw, K, n, dtype, labels)
 
-    names = list(labels)
+    names = [nm for nm in labels if nm not in fixed]
     P = len(names)
-    Yidx = np.stack([labels[nm][0] for nm in names], axis=1)
-    mask_add = np.zeros((P, K))
-    for p, nm in enumerate(names):
-        absent = np.setdiff1d(np.arange(K), np.unique(labels[nm][0]))
-        mask_add[p, absent] = -np.inf
-    keep = np.isfinite(mask_add)  # (P, K): coefficients of absent classes stay 0
-    f_noise = 100 * float(np.finfo(dtype).eps)
-    D = (Fw + 1) * K
-
     A = C_grid.size
-    path = {nm: {f"{m}_{s}": np.full(A, np.nan) for m in _METRICS for s in _SPLITS} for nm in names}
-    for nm in names:
-        path[nm].update(n_iter=np.zeros(A, dtype=np.int64), grad_max=np.full(A, np.nan),
-                        status=np.empty(A, dtype=object))
+    path = {nm: _empty_path(A) for nm in labels}
     thetas = np.zeros((A, P, Fw + 1, K))
     prev = np.zeros((P, Fw + 1, K))
+    fun_of = space.problems(names)
+    keep = space.keep(names)
     for a, C in enumerate(C_grid):
+        if P == 0:
+            break
         inv_cn = np.full(P, 1.0 / (C * n))
-
-        def fun(th, index, inv_cn=inv_cn):
-            th3 = th.reshape(-1, Fw + 1, K) * keep[index, None, :]
-            f, g = _loss_grad(Xw[0], Yidx[:, index], th3, inv_cn[index], mask_add[index], dtype)
-            return f, (g * keep[index, None, :]).reshape(len(index), D)
-
+        fun = fun_of(inv_cn)
         init = prev * keep[:, None, :]
         if warm_start:
             cand = np.array(init)
@@ -491,52 +490,299 @@ def fit_logistic_block(
                 if w is not None:
                     cand[p], use[p] = w * keep[p][None, :], True
             if use.any():
-                f_prev, _ = fun(init.reshape(P, D), np.arange(P))
-                f_warm, _ = fun(cand.reshape(P, D), np.arange(P))
-                better = use & (f_warm < f_prev)
-                init[better] = cand[better]
-        theta, _, n_iter, status, gmax = _lbfgs(fun, init.reshape(P, D), tol=tol,
-                                                max_iter=int(max_iter), f_noise=f_noise)
-        theta = theta.reshape(P, Fw + 1, K) * keep[:, None, :]
+                init = _lower_objective(fun, [init, cand], use)
+        theta = space.solve(fun, init, tol, max_iter)
         prev = theta
         thetas[a] = theta
-        Wflat = np.ascontiguousarray(theta[:, :Fw, :].transpose(1, 0, 2), dtype=dtype).reshape(Fw, P * K)
-        for si, split in enumerate(_SPLITS):
-            if Xw[si] is None:
-                continue
-            Z = (Xw[si] @ Wflat).reshape(-1, P, K).astype(np.float64) + (theta[:, Fw, :] + mask_add)[None]
-            for p, nm in enumerate(names):
-                for m, v in _scores(Z[:, p, :], labels[nm][si], K).items():
-                    path[nm][f"{m}_{split}"][a] = v
-        for p, nm in enumerate(names):
-            path[nm]["n_iter"][a] = n_iter[p]
-            path[nm]["grad_max"][a] = gmax[p]
-            path[nm]["status"][a] = status[p]
+        space.record(path, names, theta, a)
 
-    method = "primal" if basis is None else "rowspace"
     results = {}
     for p, nm in enumerate(names):
-        w_std = thetas[:, p, :Fw, :]  # (A, Fw, K)
-        if basis is not None:
-            w_std = np.einsum("fr,ark->afk", basis, w_std)
-        b = thetas[:, p, Fw, :]
-        present = keep[p]
-        b = b - b[:, present].mean(axis=1, keepdims=True)
-        coef, intercept = std.coef_to_original(w_std.transpose(0, 2, 1), b)  # (A, K, F), (A, K)
-        intercept[:, ~present] = -np.inf
-        coef[:, ~present, :] = 0.0
-        ce_valid = path[nm]["ce_valid"]
-        i = int(np.argmin(ce_valid))  # first minimum: the smaller C wins ties
-        chosen = {k: path[nm][k][i] for k in path[nm] if k not in ("n_iter", "grad_max", "status")}
-        results[nm] = LogisticResult(
-            Cs=C_grid, C=float(C_grid[i]), C_index=i, coef=coef[i], intercept=intercept[i],
-            status=str(path[nm]["status"][i]), message="", n_iter=int(path[nm]["n_iter"][i]),
-            path=path[nm], path_coef=coef, path_intercept=intercept, n_classes=K, method=method,
-            **{k: float(v) for k, v in chosen.items()},
-        )
+        i = int(np.argmin(path[nm]["ce_valid"]))  # first minimum: the smaller C wins ties
+        coef, intercept = space.to_original(thetas[:, p], nm)
+        results[nm] = _result(C_grid, i, float(C_grid[i]), path[nm], coef, intercept, K, method)
+
+    fixed_usable = [nm for nm in labels if nm in fixed]
+    if fixed_usable:
+        _fit_fixed(space, {nm: fixed[nm] for nm in fixed_usable}, results, failures, thetas, C_grid, path,
+                   warm_start, tol=tol, max_iter=max_iter, method=method)
     for nm, why in failures.items():
         results[nm] = _failed(C_grid, K, F, why, method)
     return {nm: results[nm] for nm in label_sets}
+
+
+def _fit_fixed(space, fixed, results, failures, thetas, C_grid, path, warm_start, *, tol, max_iter, method):
+    """Solve the label sets of ``fixed_C`` at their one C, together, after the grid.
+
+    Each starts from the lowest-objective candidate among zero weights with log-prior
+    intercepts, a grid set's solution at the same C, and ``warm_start``. Adds to
+    ``results`` (or to ``failures`` when the referenced set failed).
+    """
+    std, basis, F, Fw, K, n = space.std, space.basis, space.F, space.Fw, space.K, space.n
+    P, A = thetas.shape[1], C_grid.size
+    Cf = {}
+    for nm, ref in fixed.items():
+        if isinstance(ref, str):
+            if ref not in results:
+                failures[nm] = (f"fitted at the C selected for {ref!r}, which failed: "
+                                f"{failures.get(ref, 'no such label set')}")
+                continue
+            Cf[nm] = results[ref].C
+        else:
+            Cf[nm] = float(ref)
+    fnames = list(Cf)
+    if not fnames:
+        return
+    Cvec = np.array([Cf[nm] for nm in fnames])
+    fun = space.problems(fnames)(1.0 / (Cvec * n))
+    fkeep = space.keep(fnames)
+    cands: list[np.ndarray] = [space.prior_init(fnames)]
+    gates: list[np.ndarray] = []
+    for p_ref in range(P):  # grid solutions of other label sets at the same C
+        cand = np.zeros((len(fnames), Fw + 1, K))
+        ok = np.zeros(len(fnames), dtype=bool)
+        for q, nm in enumerate(fnames):
+            j = np.nonzero(np.isclose(C_grid, Cf[nm], rtol=1e-12, atol=0))[0]
+            if j.size:
+                cand[q], ok[q] = thetas[j[0], p_ref] * fkeep[q][None, :], True
+        cands.append(cand)
+        gates.append(ok)
+    if warm_start:
+        cand = np.zeros((len(fnames), Fw + 1, K))
+        ok = np.zeros(len(fnames), dtype=bool)
+        for q, nm in enumerate(fnames):
+            w = _warm_candidate(warm_start.get(nm), Cf[nm], std, basis, F, K, nm)
+            if w is not None:
+                cand[q], ok[q] = w * fkeep[q][None, :], True
+        cands.append(cand)
+        gates.append(ok)
+    init = _lower_objective(fun, cands, *gates) if len(cands) > 1 else cands[0]
+    theta = space.solve(fun, init, tol, max_iter)
+    scored = space.record(None, fnames, theta, None)
+    for q, nm in enumerate(fnames):
+        j = np.nonzero(np.isclose(C_grid, Cf[nm], rtol=1e-12, atol=0))[0]
+        i = int(j[0]) if j.size else -1
+        scores = scored[nm]
+        pth = path[nm]
+        coef1, icpt1 = space.to_original(theta[q:q + 1], nm)
+        coef = np.full((A, K, F), np.nan)
+        intercept = np.full((A, K), np.nan)
+        if i >= 0:
+            for k, v in scores.items():
+                pth[k][i] = v
+            coef[i], intercept[i] = coef1[0], icpt1[0]
+        results[nm] = _result(C_grid, i, Cf[nm], pth, coef, intercept, K, method,
+                              chosen={k: v for k, v in scores.items()
+                                      if k not in ("n_iter", "grad_max", "status")},
+                              at=(coef1[0], icpt1[0], scores["status"], int(scores["n_iter"])))
+
+
+def _check_fixed(fixed_C, label_sets) -> dict[str, str | float]:
+    """Validate ``fixed_C``: known label sets, each fixed to a C > 0 or to a grid-fitted set."""
+    out: dict[str, str | float] = {}
+    for name, ref in (fixed_C or {}).items():
+        if name not in label_sets:
+            raise ConfigError("fixed_C names an unknown label set", where=f"fixed_C[{name!r}]",
+                              expected=", ".join(map(repr, label_sets)), got=repr(name))
+        if isinstance(ref, str):
+            if ref not in label_sets or (fixed_C or {}).get(ref) is not None:
+                raise ConfigError("fixed_C must refer to a label set fitted along the grid",
+                                  where=f"fixed_C[{name!r}]", expected="a label set not in fixed_C",
+                                  got=repr(ref), fix="fix the reference set to its own grid, or give a float C")
+        elif not (isinstance(ref, (int, float, np.floating, np.integer)) and np.isfinite(ref) and ref > 0):
+            raise ConfigError("a fixed C must be a finite number > 0", where=f"fixed_C[{name!r}]", got=repr(ref))
+        out[name] = ref if isinstance(ref, str) else float(ref)
+    return out
+
+
+def _empty_path(A: int) -> dict[str, np.ndarray]:
+    path = {f"{m}_{s}": np.full(A, np.nan) for m in _METRICS for s in _SPLITS}
+    path.update(n_iter=np.zeros(A, dtype=np.int64), grad_max=np.full(A, np.nan),
+                status=np.empty(A, dtype=object))
+    return path
+
+
+def _lower_objective(fun, candidates, *use):
+    """Per problem, the candidate start with the lowest objective (``use[j]`` gates candidate j+1)."""
+    P = candidates[0].shape[0]
+    best = np.array(candidates[0])
+    best_f, _ = fun(best.reshape(P, -1), np.arange(P))
+    for cand, ok in zip(candidates[1:], use):
+        if not ok.any():
+            continue
+        f, _ = fun(np.asarray(cand).reshape(P, -1), np.arange(P))
+        better = ok & (f < best_f)
+        best[better] = cand[better]
+        best_f = np.where(better, f, best_f)
+    return best
+
+
+def _result(C_grid, i, C, path, coef, intercept, K, method, *, chosen=None, at=None) -> LogisticResult:
+    """A LogisticResult at grid index ``i`` (or at a fixed C given by ``chosen`` / ``at``)."""
+    if chosen is None:
+        chosen = {k: path[k][i] for k in path if k not in ("n_iter", "grad_max", "status")}
+    if at is None:
+        at = (coef[i], intercept[i], str(path["status"][i]), int(path["n_iter"][i]))
+    return LogisticResult(
+        Cs=C_grid, C=float(C), C_index=int(i), coef=at[0], intercept=at[1], status=str(at[2]), message="",
+        n_iter=int(at[3]), path=path, path_coef=coef, path_intercept=intercept, n_classes=K, method=method,
+        **{k: float(v) for k, v in chosen.items()},
+    )
+
+
+class _Space:
+    """The standardized (row-space) problem of one block, shared by every label set."""
+
+    def __init__(self, Xw, std, basis, F, Fw, K, n, dtype, labels):
+        self.Xw, self.std, self.basis = Xw, std, basis
+        self.F, self.Fw, self.K, self.n, self.dtype = F, Fw, K, n, dtype
+        self.labels = labels
+        self.f_noise = 100 * float(np.finfo(dtype).eps)
+        self.D = (Fw + 1) * K
+        self._mask = {}
+        for nm, lab in labels.items():
+            m = np.zeros(K)
+            m[np.setdiff1d(np.arange(K), np.unique(lab[0]))] = -np.inf
+            self._mask[nm] = m
+
+    def mask(self, names) -> np.ndarray:
+        """(P, K): 0, or -inf for classes absent from that set's train labels."""
+        return np.stack([self._mask[nm] for nm in names]) if names else np.zeros((0, self.K))
+
+    def keep(self, names) -> np.ndarray:
+        """(P, K): True where a class is present in that set's train labels."""
+        return np.isfinite(self.mask(names))
+
+    def problems(self, names):
+        """``inv_cn -> fun(theta, index)``: the batched objective of these label sets."""
+        Yidx = np.stack([self.labels[nm][0] for nm in names], axis=1) if names else None
+        mask_add = self.mask(names)
+        keep = np.isfinite(mask_add)
+        Fw, K, D, X0, dtype = self.Fw, self.K, self.D, self.Xw[0], self.dtype
+
+        def make(inv_cn):
+            inv_cn = np.asarray(inv_cn, dtype=np.float64)
+
+            def fun(th, index):
+                th3 = th.reshape(-1, Fw + 1, K) * keep[index, None, :]
+                f, g = _loss_grad(X0, Yidx[:, index], th3, inv_cn[index], mask_add[index], dtype)
+                return f, (g * keep[index, None, :]).reshape(len(index), D)
+
+            fun.keep = keep  # type: ignore[attr-defined]
+            return fun
+
+        return make
+
+    def solve(self, fun, init, tol, max_iter):
+        """Run the batched L-BFGS from ``init`` (P, Fw+1, K); keep statuses for :meth:`record`."""
+        P = init.shape[0]
+        keep = fun.keep
+        theta, _, n_iter, status, gmax = _lbfgs(fun, (init * keep[:, None, :]).reshape(P, self.D), tol=tol,
+                                                max_iter=int(max_iter), f_noise=self.f_noise)
+        self._last = (n_iter, status, gmax)
+        return theta.reshape(P, self.Fw + 1, self.K) * keep[:, None, :]
+
+    def prior_init(self, names) -> np.ndarray:
+        """Zero weights, intercepts at the log class frequencies of each set's train labels."""
+        out = np.zeros((len(names), self.Fw + 1, self.K))
+        for q, nm in enumerate(names):
+            counts = np.bincount(self.labels[nm][0], minlength=self.K).astype(np.float64)
+            with np.errstate(divide="ignore"):
+                b = np.log(counts / counts.sum())
+            present = counts > 0
+            out[q, self.Fw, present] = b[present] - b[present].mean()
+        return out
+
+    def record(self, path, names, theta, a):
+        """Score ``theta`` (P, Fw+1, K) on every split; into ``path[nm][...][a]`` or returned."""
+        P, Fw, K = len(names), self.Fw, self.K
+        mask_add = self.mask(names)
+        Wflat = np.ascontiguousarray(theta[:, :Fw, :].transpose(1, 0, 2), dtype=self.dtype).reshape(Fw, P * K)
+        n_iter, status, gmax = self._last
+        out = {nm: {"n_iter": n_iter[p], "grad_max": gmax[p], "status": status[p]} for p, nm in enumerate(names)}
+        for si, split in enumerate(_SPLITS):
+            Xs = self.Xw[si]
+            for nm in names:
+                out[nm].update({f"{m}_{split}": np.nan for m in _METRICS})
+            if Xs is None:
+                continue
+            Z = (Xs @ Wflat).reshape(-1, P, K).astype(np.float64) + (theta[:, Fw, :] + mask_add)[None]
+            for p, nm in enumerate(names):
+                for m, v in _scores(Z[:, p, :], self.labels[nm][si], K).items():
+                    out[nm][f"{m}_{split}"] = v
+        if path is not None:
+            for nm in names:
+                for k, v in out[nm].items():
+                    path[nm][k][a] = v
+        return out
+
+    def to_original(self, theta, name):
+        """(A, Fw+1, K) standardized solutions -> raw-feature ``coef`` (A, K, F), ``intercept`` (A, K)."""
+        Fw = self.Fw
+        w_std = theta[:, :Fw, :]
+        if self.basis is not None:
+            w_std = np.einsum("fr,ark->afk", self.basis, w_std)
+        present = np.isfinite(self._mask[name])
+        b = theta[:, Fw, :]
+        b = b - b[:, present].mean(axis=1, keepdims=True)
+        coef, intercept = self.std.coef_to_original(w_std.transpose(0, 2, 1), b)
+        intercept[:, ~present] = -np.inf
+        coef[:, ~present, :] = 0.0
+        return coef, intercept
+
+
+def inner_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Seeded stratified held-out mask: ``round(fraction · m)`` of each class's ``m`` samples.
+
+    A class with a single sample stays in the fitting part (it could not be both fitted
+    and scored).
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(y.size, dtype=bool)
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(fraction * members.size)) if members.size > 1 else 0
+        held[members[:k]] = True
+    return held
+
+
+def select_C_inner(X_train, y_train, Cs: Sequence[float], *, n_classes: int, fraction: float = 0.2,
+                   seed: int = 0, **solver) -> tuple[float, int, np.ndarray]:
+    """Choose C for a label set on held-out samples that carry *that* label set.
+
+    The probe on a memorizing run's training labels must not be selected on the true
+    validation labels (on a run that memorized random labels, every C is equally bad
+    there and the strongest regularization wins). Instead: a seeded split of the train
+    rows stratified by ``y_train`` (``fraction`` held out per class; a class with one
+    sample stays in the fitting part), the path fitted on the rest, C chosen by the
+    held-out cross-entropy (ties -> the smaller C), as :func:`fit_logistic_block` does
+    on the valid split. The caller refits on all train rows at that C.
+
+    Returns
+    -------
+    C : float
+    index : int
+        Position of C in the sorted grid.
+    ce_inner : ndarray (A,)
+        Held-out cross-entropy along the grid.
+
+    Raises
+    ------
+    DataError
+        Too few samples for a held-out part, or a single class in the fitting part.
+    """
+    y = np.asarray(y_train).astype(np.intp)
+    held = inner_split(y, fraction, seed)
+    if not held.any() or held.all():
+        raise DataError("too few train samples for an inner validation split", where="select_C_inner",
+                        expected=f"a {fraction:.0%} held-out part and a fitting part", got=f"{y.size} samples")
+    X = np.asarray(X_train)
+    res = fit_logistic_block(X[~held], X[held], None, {"y": (y[~held], y[held], None)}, Cs,
+                             n_classes=n_classes, **solver)["y"]
+    if not res.ok:
+        raise DataError("the inner-split probe cannot be fitted", where="select_C_inner", got=res.message)
+    return res.C, res.C_index, res.path["ce_valid"]
 
 
 def _failed(Cs, K, F, why, method) -> LogisticResult:

@@ -481,3 +481,218 @@ def fit_rcv_block(
         return _rss_arrays(Xs[split], Ys[split], fac, coef_eig)
 
     return _solve(grid, fac, std, ok, msg, n, rss, sub, method, F)
+
+
+# --------------------------------------------------------------------------- ordinary least squares
+#
+# Graziani et al. fit their RCVs by ordinary least squares (``maragraziani/rcvtool``,
+# ``rcv.py``: ``statsmodels.OLS`` on ``add_constant(acts)``, R² and MSE on a held-out
+# 30%). OLS has no penalty to select, so ``valid`` is just another held-out split here.
+# When F >= n_train the least-squares solution is not unique; we return the
+# minimum-norm one (numpy's ``lstsq``, scikit-learn's ``LinearRegression``): the
+# pseudo-inverse of the *centered raw* features, so the intercept is not part of the norm
+# (statsmodels' ``pinv`` of ``[1, X]`` puts it in; see docs/science.md §5).
+
+#: Streamed OLS refuses a standardized train Gram whose condition number exceeds this:
+#: its eigenvalues are then too inaccurate (relative error ~eps·cond) to give the
+#: exact least-squares solution, which only an SVD of the rows can.
+OLS_GRAM_MAX_COND = 1e10
+
+
+def _ols_rcond(n: int, F: int) -> float:
+    """numpy ``lstsq``'s default cut-off: singular values below ``eps·max(n, F)·s_max`` are 0."""
+    return float(np.finfo(np.float64).eps * max(n, F))
+
+
+def _ols_result(coef, intercept, ok, msg, scores, n, method, T_all, F) -> RidgeResult:
+    """A :class:`RidgeResult` with no penalty: ``alphas = [0]``, every target at index 0."""
+    nan_t = np.full(T_all, np.nan)
+    out = {f"{m}_{s}": nan_t.copy() for m in ("r2", "mspe") for s in _SPLITS}
+    for key, val in scores.items():
+        out[key][ok] = val
+    full_coef = np.full((T_all, F), np.nan)
+    full_coef[ok] = coef
+    full_b = nan_t.copy()
+    full_b[ok] = intercept
+    direction = np.full((T_all, F), np.nan)
+    norms = np.linalg.norm(coef, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        direction[ok] = np.where(norms > 0, coef / norms, np.nan)
+    alpha = np.where(ok, 0.0, np.nan)
+    path = {"r2_train": out["r2_train"][None, :].copy(), "r2_valid": out["r2_valid"][None, :].copy(),
+            "mspe_train": out["mspe_train"][None, :].copy(), "mspe_valid": out["mspe_valid"][None, :].copy()}
+    return RidgeResult(
+        alphas=np.zeros(1), alpha=alpha, alpha_index=np.where(ok, 0, -1),
+        r2_train=out["r2_train"], r2_valid=out["r2_valid"], r2_test=out["r2_test"],
+        mspe_train=out["mspe_train"], mspe_valid=out["mspe_valid"], mspe_test=out["mspe_test"],
+        coef=full_coef, intercept=full_b, direction=direction, path=path,
+        status=np.where(ok, "ok", "failed"), message=msg, method=method,
+        n_train=n["train"], n_valid=n["valid"], n_test=n["test"],
+    )
+
+
+def _rank_note(rank: int, n_train: int, F: int) -> str:
+    """Row message of a rank-deficient fit (empty when the solution is unique)."""
+    if rank >= F:
+        return ""
+    why = f"F = {F} >= n_train = {n_train}" if F >= n_train else "collinear or constant features"
+    return (f"minimum-norm least squares: rank {rank} < {F} features ({why}); "
+            "the solution is not unique and the train fit may interpolate")
+
+
+def fit_ols_block(X_train, Y_train, X_valid, Y_valid, X_test=None, Y_test=None) -> RidgeResult:
+    """Ordinary least-squares RCVs (with intercept) of every target of one block.
+
+    The authors' RCV (Graziani et al. 2019, ``rcvtool``): no penalty, so nothing is
+    selected on valid; R² and MSPE are reported on every split exactly as for the ridge
+    RCVs. Solved by one SVD of the centered raw train features (float64), shared by every
+    target: ``coef = V diag(1/s) Uᵀ (y - ȳ)`` over the singular values above numpy's
+    ``lstsq`` cut-off, ``intercept = ȳ - x̄·coef``. That equals
+    ``sklearn.linear_model.LinearRegression()`` when F < n_train, and is the
+    minimum-norm solution (``numpy.linalg.lstsq`` on centered data) when F >= n_train or
+    features are collinear; constant features get coefficient 0.
+
+    Parameters
+    ----------
+    X_train, X_valid, X_test : array-like (n_split, F)
+    Y_train, Y_valid, Y_test : array-like (n_split,) or (n_split, T)
+        As :func:`fit_rcv_block`; ``X_test`` may be None.
+
+    Returns
+    -------
+    RidgeResult
+        ``alphas = [0]`` and ``alpha = 0`` (no penalty); ``method = "ols-svd"``; the
+        message of every target notes a rank-deficient (minimum-norm) solution.
+
+    Raises
+    ------
+    DataError
+        NaN/Inf features, an empty split, or no usable target.
+    """
+    X_train, Y_train = _check_split(X_train, Y_train, "train", None, None)
+    F = X_train.shape[1]
+    T = 1 if len(Y_train.shape) == 1 else Y_train.shape[1]
+    X_valid, Y_valid = _check_split(X_valid, Y_valid, "valid", F, T)
+    X_test, Y_test = _check_split(X_test, Y_test, "test", F, T)
+    Xs = {"train": X_train, "valid": X_valid, "test": X_test}
+    Ys_raw = {"train": Y_train, "valid": Y_valid, "test": Y_test}
+    st: dict[str, SplitStats | None] = {}
+    for name in _SPLITS:
+        X = Xs[name]
+        if X is None:
+            st[name] = None
+            continue
+        X = np.asarray(X)
+        if not np.isfinite(X).all():
+            rows, cols = np.nonzero(~np.isfinite(X))
+            raise DataError("features contain NaN or Inf", where=f"X_{name}",
+                            expected="finite activations",
+                            got=f"{rows.size} non-finite values (first at row {rows[0]}, feature {cols[0]})",
+                            fix="check the extraction of this layer (overflow, NaN weights in the checkpoint)")
+        Xs[name] = X
+        st[name] = stats_from_arrays(np.zeros((X.shape[0], 0)), Ys_raw[name], where=name)
+    ok, msg = _screen_targets(st)
+    _raise_if_nothing_left(ok, msg)
+    Ys = {k: (None if v is None else np.asarray(v, dtype=np.float64).reshape(v.shape[0], -1)[:, ok])
+          for k, v in Ys_raw.items()}
+    Xc = np.array(Xs["train"], dtype=np.float64)  # one float64 copy, centred in place
+    Ytr = Ys["train"]
+    assert Ytr is not None, "_check_split requires the train split"
+    x_mean = Xc.mean(axis=0)
+    ybar = Ytr.mean(axis=0)
+    Xc -= x_mean
+    # Constant features are exactly 0 once centered (not rounding noise the SVD would spread).
+    const = is_constant_feature(np.mean(Xc**2, axis=0), x_mean, Xc.shape[0])
+    Xc[:, const] = 0.0
+    U, s, Vt = np.linalg.svd(Xc, full_matrices=False)
+    keep = s > _ols_rcond(*Xc.shape) * (s[0] if s.size else 0.0)
+    rank = int(keep.sum())
+    coef = (Vt[keep].T @ ((U[:, keep].T @ (Ytr - ybar)) / s[keep][:, None])).T  # (T_ok, F)
+    coef[:, const] = 0.0
+    del U, Xc
+    intercept = ybar - coef @ x_mean
+    scores, n = {}, {}
+    for name in _SPLITS:
+        X, Y = Xs[name], Ys[name]
+        n[name] = 0 if X is None else X.shape[0]
+        if X is None or Y is None:
+            continue
+        rss = np.zeros(Y.shape[1])
+        for start in range(0, X.shape[0], _ROW_BLOCK):
+            rows = np.asarray(X[start:start + _ROW_BLOCK], dtype=np.float64)
+            rss += np.sum((Y[start:start + _ROW_BLOCK] - (rows @ coef.T + intercept)) ** 2, axis=0)
+        yc = Y - Y.mean(axis=0)
+        scores[f"r2_{name}"] = r2_from_sums(rss, np.einsum("ij,ij->j", yc, yc))
+        scores[f"mspe_{name}"] = rss / n[name]
+    note = _rank_note(rank, n["train"], F)
+    msg = [m if not good else note for m, good in zip(msg, ok)]
+    return _ols_result(coef, intercept, ok, msg, scores, n, "ols-svd", ok.size, F)
+
+
+def fit_ols_stats(train: SplitStats, valid: SplitStats, test: SplitStats | None = None) -> RidgeResult:
+    """Ordinary least squares from the sufficient statistics of each split (streamed blocks).
+
+    The normal equations in the train-standardized space, ``G w = Xsᵀ yc`` with ``G``
+    eigendecomposed once for every target. A Gram squares the condition number of the
+    rows, so this is exact only when ``G`` is well conditioned: the least-squares
+    solution is then unique and equal to :func:`fit_ols_block`'s. When the standardized
+    Gram of the non-constant features has a condition number above
+    :data:`OLS_GRAM_MAX_COND` (always when F >= n_train: the rank is at most
+    n_train - 1) no statistic of the rows can give the minimum-norm solution, so the
+    block is refused rather than answered approximately.
+
+    Raises
+    ------
+    DataError
+        An empty split, no usable target, or an ill-conditioned Gram (the message says
+        how to read the block in memory instead).
+    """
+    stats = {"train": train, "valid": valid, "test": test}
+    for name, s in stats.items():
+        if s is not None and s.n == 0:
+            raise DataError(f"the {name} split is empty", where=f"{name} split",
+                            expected="at least one row", got="0 rows")
+        if s is not None and (s.n_features != train.n_features or s.n_targets != train.n_targets):
+            raise DataError("splits have different widths", where=f"{name} split",
+                            expected=f"{train.n_features} features, {train.n_targets} targets",
+                            got=f"{s.n_features} features, {s.n_targets} targets")
+    F = train.n_features
+    std = Standardizer.from_stats(train)
+    ok, msg = _screen_targets(stats)
+    _raise_if_nothing_left(ok, msg)
+    live = ~is_constant_feature(np.diag(train.cxx) / train.n, train.mean_x, train.n)
+    inv = 1.0 / std.scale
+    G = (train.cxx * inv[:, None] * inv[None, :])[np.ix_(live, live)]
+    lam, Q = np.linalg.eigh(G) if G.size else (np.ones(0), np.zeros((0, 0)))
+    cond = float(lam[-1] / lam[0]) if lam.size and lam[0] > 0 else float("inf")
+    if lam.size and cond > OLS_GRAM_MAX_COND:
+        rank_bound = min(int(live.sum()), train.n - 1)
+        raise DataError(
+            "ordinary least squares cannot be solved exactly from streamed statistics",
+            where="rcv_ols (streamed block)",
+            expected=f"a standardized train Gram with condition number <= {OLS_GRAM_MAX_COND:g}",
+            got=f"condition number {cond:.3g} ({int(live.sum())} non-constant features, "
+                f"{train.n} train rows, rank <= {rank_bound})",
+            fix="let the block be read whole (raise --max-block-bytes above its size), so OLS uses "
+                "the SVD of its rows, or use the ridge RCV (probe 'rcv')")
+    w_std = np.zeros((F, int(ok.sum())))
+    if lam.size:
+        w_std[live] = Q @ ((Q.T @ (train.cxy[live][:, ok] * inv[live, None])) / lam[:, None])
+    coef, intercept = std.coef_to_original(w_std.T, train.mean_y[ok])
+    scores, n = {}, {}
+    for name, s in stats.items():
+        n[name] = 0 if s is None else s.n
+        if s is None:
+            continue
+        sub = _subset_targets(s, ok)
+        assert sub is not None
+        # RSS from centered moments: n·(offset)² + cyy - 2 wᵀcxy + wᵀ cxx w (raw space).
+        offset = sub.mean_y - (sub.mean_x @ coef.T + intercept)
+        quad = np.einsum("tf,tf->t", coef @ sub.cxx, coef)
+        cross = np.einsum("ft,tf->t", sub.cxy, coef)
+        rss = np.maximum(sub.n * offset**2 + sub.cyy - 2 * cross + quad, 0.0)
+        scores[f"r2_{name}"] = r2_from_sums(rss, sub.cyy)
+        scores[f"mspe_{name}"] = rss / sub.n
+    note = "" if live.all() else f"{F - int(live.sum())} constant feature(s) get coefficient 0"
+    msg = [m if not good else note for m, good in zip(msg, ok)]
+    return _ols_result(coef, intercept, ok, msg, scores, n, "ols-gram-streaming", ok.size, F)

@@ -1,4 +1,7 @@
-"""Colour concepts (first-order pixel statistics) of Graziani et al. 2019, §3.
+"""Colour concepts (first-order pixel statistics), preset ``probestore_v1`` (G19 §3).
+
+Not the authors' definitions (those are :mod:`.graziani2019`, the default preset):
+probestore's own, kept as an option. See docs/science.md §6 for the differences.
 
 Eleven measures per image: the fraction of pixels in each of eight HSV hue ranges,
 whiteness, blackness and the Hasler & Süsstrunk (2003) colourfulness. The paper

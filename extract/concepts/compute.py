@@ -21,50 +21,43 @@ from tqdm.auto import tqdm
 
 from storage_schema.errors import ConfigError, DataError, did_you_mean
 
-from . import colour, shape, texture
+from . import texture
+from .presets import (
+    CONCEPT_FAMILIES,
+    DEFAULT_PRESET,
+    check_preset,
+    family_measure,
+    preset_descriptions,
+    resolve_texture_levels,
+)
 
-CONCEPT_FAMILIES: dict[str, list[str]] = {
-    "colour": list(colour.NAMES),
-    "texture": list(texture.NAMES),
-    "shape": list(shape.NAMES),
-}
-
-CONCEPT_DESCRIPTIONS: dict[str, str] = {
-    **colour.DESCRIPTIONS,
-    **texture.DESCRIPTIONS,
-    **shape.DESCRIPTIONS,
-}
+#: Descriptions under the default preset (``graziani2019``).
+CONCEPT_DESCRIPTIONS: dict[str, str] = preset_descriptions(DEFAULT_PRESET)
 
 
-def concept_descriptions(texture_levels: int = texture.DEFAULT_LEVELS) -> dict[str, str]:
-    """``CONCEPT_DESCRIPTIONS`` for a given texture quantization (what the store records).
+def concept_descriptions(preset: str = DEFAULT_PRESET, texture_levels: int | None = None) -> dict[str, str]:
+    """Descriptions of every concept under ``preset`` (what the store records).
 
     Parameters
     ----------
-    texture_levels : int
-        The ``texture_levels`` passed to :func:`compute_concepts`.
+    preset : str
+        ``"graziani2019"`` or ``"probestore_v1"`` (:mod:`extract.concepts.presets`).
+    texture_levels : int or None
+        The ``texture_levels`` passed to :func:`compute_concepts` (probestore_v1 only).
 
     Returns
     -------
     dict of str to str
-        Concept name -> description with units and range.
+        Concept name -> ``"<preset>: "`` + description with units and range.
     """
-    return {**colour.DESCRIPTIONS, **texture.descriptions(texture_levels), **shape.DESCRIPTIONS}
-
-
-def _family_function(family: str, texture_levels: int):
-    if family == "colour":
-        return colour.colour_concepts
-    if family == "texture":
-        return lambda image: texture.texture_concepts(image, texture_levels)
-    return shape.shape_concepts
+    return preset_descriptions(preset, texture_levels)
 
 
 def _compute_chunk(
-    images: list[np.ndarray], families: tuple[str, ...], texture_levels: int
+    images: list[np.ndarray], families: tuple[str, ...], preset: str, texture_levels: int | None
 ) -> np.ndarray:
     """Concepts of a list of validated images: ``(len(images), n_concepts)`` float64."""
-    functions = [_family_function(f, texture_levels) for f in families]
+    functions = [family_measure(preset, f, texture_levels) for f in families]
     n_concepts = sum(len(CONCEPT_FAMILIES[f]) for f in families)
     out = np.empty((len(images), n_concepts), dtype=np.float64)
     for row, image in enumerate(images):
@@ -171,7 +164,8 @@ def compute_concepts(
     n_jobs: int = -1,
     progress: bool = True,
     chunk_size: int = 64,
-    texture_levels: int = texture.DEFAULT_LEVELS,
+    texture_levels: int | None = None,
+    preset: str = DEFAULT_PRESET,
 ) -> dict[str, np.ndarray]:
     """Concept measures of every image, one float64 array per concept.
 
@@ -188,8 +182,13 @@ def compute_concepts(
         Show a tqdm progress bar counted in images.
     chunk_size : int
         Images per task: larger amortises inter-process overhead, smaller bounds memory.
-    texture_levels : int
-        Grey levels for the GLCM (see :mod:`extract.concepts.texture`), 2..256.
+    texture_levels : int or None
+        Grey levels for the GLCM of the ``probestore_v1`` preset, 2..256 (None: 32).
+        Refused with ``graziani2019``, whose GLCM always has 256 levels.
+    preset : str
+        Which definitions to compute: ``"graziani2019"`` (the authors' code, default)
+        or ``"probestore_v1"``; see :mod:`extract.concepts.presets` and
+        docs/science.md §6.
 
     Returns
     -------
@@ -200,14 +199,15 @@ def compute_concepts(
     Raises
     ------
     ConfigError
-        Unknown family (with a did-you-mean) or a bad ``n_jobs`` / ``chunk_size`` /
-        ``texture_levels``.
+        Unknown family or preset (with a did-you-mean), a bad ``n_jobs`` /
+        ``chunk_size`` / ``texture_levels``, or ``texture_levels`` with graziani2019.
     DataError
         An image that is not uint8, not 2-D / RGB, or too small; names its index.
     """
     families = _check_families(families)
     chunk_size = _check_int(chunk_size, "chunk_size", 1)
-    texture_levels = _check_int(texture_levels, "texture_levels", 2, 256)
+    preset = check_preset(preset)
+    texture_levels = resolve_texture_levels(preset, texture_levels, "compute_concepts(texture_levels=...)")
     if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs == 0:
         raise ConfigError(
             "bad n_jobs",
@@ -233,10 +233,12 @@ def compute_concepts(
     parts: list[np.ndarray] = []
     with tqdm(total=n, disable=not progress, unit="img", desc="concepts") as bar:
         if workers == 1:
-            results = (_compute_chunk(chunk, families, texture_levels) for chunk in chunks)
+            results = (_compute_chunk(chunk, families, preset, texture_levels) for chunk in chunks)
         else:
             parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator")
-            results = parallel(delayed(_compute_chunk)(c, families, texture_levels) for c in chunks)
+            results = parallel(
+                delayed(_compute_chunk)(c, families, preset, texture_levels) for c in chunks
+            )
         for part in results:
             parts.append(part)
             bar.update(len(part))

@@ -1,4 +1,7 @@
-"""Shape concepts of a digit-like object (Graziani et al. 2019, §4; RCV paper [12]).
+"""Shape concepts of a digit-like object, preset ``probestore_v1`` (G19 §4; RCV paper [12]).
+
+Not the authors' definitions (those are :mod:`.graziani2019`, the default preset: the
+whole min-max-thresholded mask): probestore's own, kept as an option (docs/science.md §6).
 
 Three measures of the largest foreground object in a greyscale image: area,
 eccentricity and perimeter, measured with ``skimage.measure.regionprops``.

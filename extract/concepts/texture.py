@@ -1,4 +1,7 @@
-"""Texture concepts (second-order pixel statistics) of Graziani et al. 2019, §3.
+"""Texture concepts (second-order pixel statistics), preset ``probestore_v1`` (G19 §3).
+
+Not the authors' definitions (those are :mod:`.graziani2019`, the default preset:
+256 levels, angle 0 only): probestore's own, kept as an option (docs/science.md §6).
 
 Six Haralick-style properties of the grey-level co-occurrence matrix (GLCM), computed
 with scikit-image so that the numbers match what a reader would get by hand:

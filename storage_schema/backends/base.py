@@ -21,6 +21,20 @@ import numpy as np
 #: where the forward pass keeps every core busy and disk is plentiful.
 COMPRESSIONS = ("fast", "small", "none")
 
+#: The fix every "damaged checkpoint" error names: a command that works (tested in
+#: tests/test_repair.py). The store does not know which experiment file wrote it,
+#: hence the CONFIG placeholder.
+REPAIR_FIX = ("re-extract the damaged checkpoints with `probestore extract CONFIG --repair` "
+              "(CONFIG: the experiment file that wrote this store)")
+#: The fix for damage outside any checkpoint (dataset arrays, root metadata).
+RECREATE_FIX = ("re-create the store with `probestore extract CONFIG --overwrite` "
+                "(CONFIG: the experiment file that wrote this store)")
+
+
+def damage_fix(node: str) -> str:
+    """The fix for damage at ``node``: repair when it lies inside a checkpoint, else re-create."""
+    return REPAIR_FIX if "/checkpoints/" in f"/{node}" else RECREATE_FIX
+
 
 class Backend(ABC):
     """Low-level access to one store. Subclasses: ``ZarrBackend``, ``HDF5Backend``."""

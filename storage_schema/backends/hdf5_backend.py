@@ -2,7 +2,8 @@
 
 HDF5 has no safe concurrent writers and a file left open by a killed process can be
 damaged, so this backend never keeps the file open: every operation takes an
-``fcntl`` lock on ``<file>.lock`` (shared for reads, exclusive for writes), opens the
+``fcntl`` lock on ``<file>.lock`` (shared for reads, exclusive for writes; the file
+exists only while a lock is held, see :mod:`storage_schema.locking`), opens the
 file, does its work and closes it again. Several processes on one machine (extraction
 shards, an analysis reading while extraction appends) are thereby serialized. Attribute
 values are stored as JSON strings because HDF5 attributes cannot hold nested mappings.
@@ -11,6 +12,7 @@ values are stored as JSON strings because HDF5 attributes cannot hold nested map
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from storage_schema.backends.base import Backend
+from storage_schema.backends.base import RECREATE_FIX, Backend, damage_fix
 from storage_schema.errors import NotFoundError, StoreFormatError
 from storage_schema.locking import file_lock
 
@@ -65,6 +67,9 @@ class HDF5Backend(Backend):
         writing = mode != "r"
         if writing and self.read_only:
             raise PermissionError(f"store {self.path} is open read-only")
+        if writing and not os.access(self.path, os.W_OK):
+            # Not "truncated or not HDF5": the caller turns this into "cannot write the store".
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.path))
         with _locked(self.path, exclusive=writing):
             try:
                 handle = h5py.File(self.path, mode)
@@ -73,6 +78,7 @@ class HDF5Backend(Backend):
                     "cannot open the HDF5 file (truncated or not HDF5?)",
                     where=str(self.path),
                     got=str(exc),
+                    fix=RECREATE_FIX,
                 ) from exc
             try:
                 yield handle
@@ -180,7 +186,7 @@ class HDF5Backend(Backend):
             except Exception as exc:
                 raise StoreFormatError(
                     "corrupted chunk data", where=f"{self.path}:{node}", got=f"{type(exc).__name__}: {exc}",
-                    fix="re-extract this checkpoint",
+                    fix=damage_fix(node),
                 ) from exc
             if h5py.check_string_dtype(dset.dtype) is not None:
                 out = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in np.ravel(out)]).reshape(
@@ -233,7 +239,13 @@ class _LazyDataset:
     def __getitem__(self, key):
         with _locked(Path(self.path), exclusive=False):
             with h5py.File(self.path, "r") as handle:
-                return handle[self.node][key]
+                try:
+                    return handle[self.node][key]
+                except Exception as exc:  # a damaged chunk: the same error as HDF5Backend.read
+                    raise StoreFormatError(
+                        "corrupted chunk data", where=f"{self.path}:{self.node}",
+                        got=f"{type(exc).__name__}: {exc}", fix=damage_fix(self.node),
+                    ) from exc
 
 
 def _locked(path: Path, *, exclusive: bool):

@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from storage_schema.backends.base import Backend
+from storage_schema.backends.base import RECREATE_FIX, Backend, damage_fix
 from storage_schema.errors import NotFoundError, StoreFormatError
 
 # Fixed-length unicode (sample ids) has no ratified Zarr v3 data-type spec yet; the
@@ -77,9 +77,13 @@ class ZarrBackend(Backend):
             raise NotFoundError(
                 "no Zarr store here", where=str(self.path), fix="check the path or create the store first"
             ) from exc
+        except PermissionError:
+            # Not damage: a writer turns it into "cannot write the store (Permission denied)".
+            raise
         except Exception as exc:  # unreadable zarr.json and similar
             raise StoreFormatError(
-                "cannot open the Zarr store", where=str(self.path), got=f"{type(exc).__name__}: {exc}"
+                "cannot open the Zarr store", where=str(self.path), got=f"{type(exc).__name__}: {exc}",
+                fix=RECREATE_FIX,
             ) from exc
         # Arrays this handle writes, opened once: the extraction writer writes a chunk
         # at a time, and re-reading zarr.json for each one cost as much as compressing
@@ -107,7 +111,8 @@ class ZarrBackend(Backend):
             raise NotFoundError("missing node", where=f"{self.path}/{node}") from exc
         except Exception as exc:
             raise StoreFormatError(
-                "unreadable metadata", where=f"{self.path}/{node}/zarr.json", got=f"{type(exc).__name__}: {exc}"
+                "unreadable metadata", where=f"{self.path}/{node}/zarr.json", got=f"{type(exc).__name__}: {exc}",
+                fix=damage_fix(node),
             ) from exc
 
     def _array(self, node: str) -> zarr.Array:
@@ -130,12 +135,12 @@ class ZarrBackend(Backend):
             meta = json.loads(text)
         except ValueError as exc:
             raise StoreFormatError("unreadable metadata", where=str(path), got=f"{type(exc).__name__}: {exc}",
-                                   fix="the store was damaged: restore it or re-extract") from exc
+                                   fix=damage_fix(node)) from exc
         if not isinstance(meta, dict) or meta.get("node_type") not in ("group", "array") \
                 or meta.get("zarr_format") != 3:
             raise StoreFormatError("unreadable metadata", where=str(path),
                                    expected='a Zarr v3 node ("zarr_format": 3, "node_type": group|array)',
-                                   got=repr(meta)[:120], fix="the store was damaged: restore it or re-extract")
+                                   got=repr(meta)[:120], fix=damage_fix(node))
         return meta
 
     def _require_meta(self, node: str) -> dict[str, Any]:
@@ -281,7 +286,7 @@ class ZarrBackend(Backend):
         except Exception as exc:
             raise StoreFormatError(
                 "corrupted chunk data", where=f"{self.path}/{node}", got=f"{type(exc).__name__}: {exc}",
-                fix="re-extract this checkpoint (probestore extract ... re-writes incomplete or damaged layers)",
+                fix=damage_fix(node),
             ) from exc
 
     def to_dask(self, node: str):
