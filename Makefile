@@ -32,7 +32,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check storage_schema extract analyze tests benchmarks
+	$(VENV)/bin/ruff check probestore storage_schema extract analyze tests benchmarks experiments
 	$(VENV)/bin/mypy
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package; install it when it

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from probestore.errors import ProbestoreError
 from storage_schema import layout
-from storage_schema.errors import ProbestoreError
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ So the streamed peak is ``O(F²)`` for RCVs and ``≈ 16·(n_train + n_valid)·F
 the classifier; a block whose train split alone does not fit in memory needs a
 subsampled store (``max_samples``) or a reduction to fewer features.
 
-Failures. A data problem (:class:`~storage_schema.errors.ProbestoreError`: NaN/Inf
+Failures. A data problem (:class:`~probestore.errors.ProbestoreError`: NaN/Inf
 features, a single class, a constant or NaN target, an empty split) becomes rows with
 ``status="failed"`` and the reason, per probe group or per probe, and the rest of the
 block goes on. Anything else (an I/O error, a bug) propagates: the driver counts the
@@ -42,7 +42,7 @@ import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -51,7 +51,7 @@ from analyze.controls import control_labels
 from analyze.jobs import BlockJob, Plan, ProbeSpec
 from analyze.outputs import model_output_metrics
 from analyze.results import make_row
-from storage_schema.errors import ProbestoreError
+from probestore.errors import ProbestoreError
 
 SPLITS = ("train", "valid", "test")
 
@@ -78,6 +78,9 @@ class SampleData:
         Concept targets (columns of ``target_values``).
     target_values : ndarray (n, T) float64
     """
+
+    #: Sent to each Dask worker once (:class:`analyze.cluster.Broadcast`), not with every block.
+    broadcast_to_workers: ClassVar[bool] = True
 
     fingerprint: str
     n_samples: int
@@ -166,7 +169,8 @@ def _base(job: BlockJob, spec: ProbeSpec, sample: SampleData) -> dict[str, Any]:
     }
 
 
-def _failed_rows(job, specs, sample, message: str) -> list[dict[str, Any]]:
+def failed_rows(job, specs, sample, message: str) -> list[dict[str, Any]]:
+    """One ``failed`` row per probe spec, saying why (the engine records unreadable blocks with it too)."""
     return [make_row(**_base(job, s, sample), status="failed", message=message) for s in specs]
 
 
@@ -248,7 +252,7 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
     opts = config.solver_options()
     rows: list[dict[str, Any]] = []
     if sample.control is None:  # no sample types: the control rows fail, the rest goes on
-        rows += _failed_rows(job, [s for s in specs if s.target == "control_labels"], sample, sample.control_error)
+        rows += failed_rows(job, [s for s in specs if s.target == "control_labels"], sample, sample.control_error)
         specs = [s for s in specs if s.target != "control_labels"]
     if not specs:
         return rows, {}, {}
@@ -271,7 +275,7 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
                                                fraction=INNER_FRACTION, seed=INNER_SEED, **opts)
             except ProbestoreError as exc:
                 spec = next(s for s in specs if s.target == "train_labels")
-                rows += _failed_rows(job, [spec], sample, _error_text(exc))
+                rows += failed_rows(job, [spec], sample, _error_text(exc))
                 specs = [s for s in specs if s is not spec]
                 del label_sets["train_labels"]
             else:
@@ -286,15 +290,15 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
         results = fit_logistic_block(X["train"], X["valid"], X["test"], fit_sets, config.Cs,
                                      n_classes=K, fixed_C=fixed, **opts)
     except ProbestoreError as exc:
-        return rows + _failed_rows(job, specs, sample, _error_text(exc)), {}, {}
+        return rows + failed_rows(job, specs, sample, _error_text(exc)), {}, {}
     seconds = (time.perf_counter() - t0) / max(1, len(specs))
     test_metrics = {}
     if X["test"] is None and test_scorer is not None and idx["test"].size:
-        from analyze.outputs import _split_scores
+        from analyze.outputs import split_scores
 
         fitted = {k: (r.coef, r.intercept) for k, r in results.items() if r.status != "failed"}
         for name, logits in test_scorer(fitted).items():
-            test_metrics[name] = _split_scores(logits, label_sets[name][2], K)
+            test_metrics[name] = split_scores(logits, label_sets[name][2], K)
 
     tol = str(opts.get("tol", "default"))
     weights, attrs = {}, {}
@@ -359,7 +363,7 @@ def _clean_corrupted(X_train, res, y_train, corrupted_train) -> dict[str, float]
 
 
 def _empty_split(missing) -> ProbestoreError:
-    from storage_schema.errors import DataError
+    from probestore.errors import DataError
 
     return DataError(f"the {' and '.join(missing)} split{'s are' if len(missing) > 1 else ' is'} empty",
                      where="store splits", expected="at least one sample in train and in valid",
@@ -417,7 +421,7 @@ def fit_rcv_group(job, specs, sample, X: Mapping[str, np.ndarray | None], config
                 X["test"], None if X["test"] is None else Y[idx["test"]])
         res = fit_ols_block(*args) if specs[0].probe == "rcv_ols" else fit_rcv_block(*args, config.alphas)
     except ProbestoreError as exc:
-        return _failed_rows(job, specs, sample, _error_text(exc)), {}, {}
+        return failed_rows(job, specs, sample, _error_text(exc)), {}, {}
     return _rcv_rows(job, specs, sample, res, (time.perf_counter() - t0) / max(1, len(specs)), want_weights)
 
 
@@ -439,7 +443,7 @@ def fit_mdl_group(job, specs, sample, X_train: np.ndarray | None, config) -> lis
         res = online_codelength(X_train, {k: v[0] for k, v in label_sets.items()}, n_classes=sample.n_classes,
                                 C=config.mdl_C, seed=config.mdl_seed, **config.solver_options())
     except ProbestoreError as exc:
-        return _failed_rows(job, specs, sample, _error_text(exc))
+        return failed_rows(job, specs, sample, _error_text(exc))
     seconds = (time.perf_counter() - t0) / max(1, len(specs))
     rows = []
     for spec in specs:
@@ -475,25 +479,64 @@ def _stats_columns(s, cols: np.ndarray):
 
 
 def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
-    from analyze.solvers.ridge import fit_ols_stats, fit_ridge_path
-    from analyze.solvers.standardize import GramAccumulator
+    """Every probe of a block too large to load: one pass over its row chunks, then the fits.
 
-    n, F = job.n_samples, job.n_features
+    The pass accumulates the RCVs' Gram statistics and gathers the classifiers' train and
+    valid rows (which fit in memory when the whole block does not); the classifiers' test
+    logits take one more pass. Rows come out in the in-memory order: RCVs, MDL, classifiers.
+    """
     step = _row_step(job, config.max_block_bytes)
+    split_of = _split_codes(job.n_samples, sample)
+    # Ridge and OLS RCVs share one set of Gram statistics (over the union of their targets).
+    reg_groups = {g: specs_by_group[g] for g in ("rcv", "rcv_ols") if specs_by_group.get(g)}
+    clf_specs = specs_by_group.get("classifier", [])
+    mdl_specs = specs_by_group.get("mdl", [])
+    acc, gathered, rcv_error, t_rcv = _stream_block(store, job, step, split_of, sample, reg_groups,
+                                                    gather=bool(clf_specs or mdl_specs))
+    rows, weights, attrs = [], {}, {}
+    if reg_groups:
+        r, w, a = _fit_streamed_rcvs(job, reg_groups, sample, acc, rcv_error, t_rcv, config, want_weights)
+        rows += r
+        weights.update(w)
+        attrs.update(a)
+    if mdl_specs:
+        rows += fit_mdl_group(job, mdl_specs, sample, gathered["train"] if gathered["train"].size else None, config)
+    if clf_specs:
+        X = {"train": gathered["train"] if gathered["train"].size else None,
+             "valid": gathered["valid"] if gathered["valid"].size else None, "test": None}
+        scorer = _streamed_test_scorer(store, job, step, split_of, sample.split_index["test"])
+        r, w, a = fit_classifier_group(job, clf_specs, sample, X, config, test_scorer=scorer,
+                                       want_weights=want_weights)
+        rows += r
+        weights.update(w)
+        attrs.update(a)
+    return rows, weights, attrs
+
+
+def _split_codes(n: int, sample) -> np.ndarray:
+    """Each row's split as its index in ``SPLITS`` (-1: in no split)."""
     split_of = np.full(n, -1, dtype=np.int8)
     for code, s in enumerate(SPLITS):
         split_of[sample.split_index[s]] = code
-    # Ridge and OLS RCVs share one set of Gram statistics (over the union of their targets).
-    reg_groups = {g: specs_by_group[g] for g in ("rcv", "rcv_ols") if specs_by_group.get(g)}
+    return split_of
+
+
+def _stream_block(store, job, step: int, split_of: np.ndarray, sample, reg_groups: dict, *, gather: bool):
+    """One pass over the block's row chunks: RCV statistics per split, train/valid rows gathered.
+
+    Returns ``(accumulators or None, gathered train/valid rows ({} unless ``gather``), the first error of the RCV
+    statistics or None, seconds spent on them)``. An error in the statistics (e.g.
+    non-finite targets) stops only their accumulation: the classifiers still get rows.
+    """
+    from analyze.solvers.standardize import GramAccumulator
+
+    n, F = job.n_samples, job.n_features
     rcv_specs = [s for specs in reg_groups.values() for s in specs]
-    clf_specs = specs_by_group.get("classifier", [])
-    mdl_specs = specs_by_group.get("mdl", [])
     Y = sample.target_values[:, _target_columns(rcv_specs, sample)] if rcv_specs else None
     acc = {s: GramAccumulator(F, len(rcv_specs)) for s in SPLITS} if rcv_specs else None
-    gathered = {s: np.empty((sample.split_index[s].size, F), dtype=np.float32) for s in ("train", "valid")} \
-        if clf_specs or mdl_specs else None
+    gathered: dict[str, np.ndarray] = \
+        {s: np.empty((sample.split_index[s].size, F), dtype=np.float32) for s in ("train", "valid")} if gather else {}
     filled = {"train": 0, "valid": 0}
-    rows, weights, attrs = [], {}, {}
     rcv_error = None
     t_rcv = 0.0
     for start in range(0, n, step):
@@ -505,78 +548,78 @@ def _fit_streamed(store, job, specs_by_group, sample, config, want_weights):
             sel = codes == c
             if not sel.any():
                 continue
-            if acc is not None and rcv_error is None:
+            if acc is not None and Y is not None and rcv_error is None:  # both exist iff RCVs are planned
                 t0 = time.perf_counter()
                 try:
                     acc[s].update(chunk[sel], Y[start:stop][sel], where=f"{job.name} {s} rows {start}:{stop}")
                 except ProbestoreError as exc:
                     rcv_error = exc
                 t_rcv += time.perf_counter() - t0
-            if gathered is not None and s in gathered:
+            if s in gathered:
                 k = int(sel.sum())
                 gathered[s][filled[s]:filled[s] + k] = chunk[sel]
                 filled[s] += k
-    if rcv_specs:
-        if rcv_error is not None:
-            rows += _failed_rows(job, rcv_specs, sample, _error_text(rcv_error))
+    return acc, gathered, rcv_error, t_rcv
+
+
+def _fit_streamed_rcvs(job, reg_groups: dict, sample, acc, rcv_error, t_rcv: float, config, want_weights):
+    """Ridge and OLS RCV rows from the streamed statistics (each group fails on its own)."""
+    from analyze.solvers.ridge import fit_ols_stats, fit_ridge_path
+
+    rcv_specs = [s for specs in reg_groups.values() for s in specs]
+    if rcv_error is not None:
+        return failed_rows(job, rcv_specs, sample, _error_text(rcv_error)), {}, {}
+    rows, weights, attrs = [], {}, {}
+    st = {s: acc[s].stats() for s in SPLITS}
+    lo = 0
+    for group, specs in reg_groups.items():
+        cols = np.arange(lo, lo + len(specs))
+        lo += len(specs)
+        t0 = time.perf_counter()
+        try:
+            if st["train"].n == 0 or st["valid"].n == 0:
+                raise _empty_split([s for s in ("train", "valid") if st[s].n == 0])
+            sub = {s: _stats_columns(st[s], cols) for s in SPLITS}
+            test = sub["test"] if sub["test"].n else None
+            res = fit_ols_stats(sub["train"], sub["valid"], test) if group == "rcv_ols" else \
+                fit_ridge_path(sub["train"], sub["valid"], config.alphas, test)
+        except ProbestoreError as exc:
+            rows += failed_rows(job, specs, sample, _error_text(exc))
         else:
-            st = {s: acc[s].stats() for s in SPLITS}
-            lo = 0
-            for group, specs in reg_groups.items():
-                cols = np.arange(lo, lo + len(specs))
-                lo += len(specs)
-                t0 = time.perf_counter()
-                try:
-                    if st["train"].n == 0 or st["valid"].n == 0:
-                        raise _empty_split([s for s in ("train", "valid") if st[s].n == 0])
-                    sub = {s: _stats_columns(st[s], cols) for s in SPLITS}
-                    test = sub["test"] if sub["test"].n else None
-                    res = fit_ols_stats(sub["train"], sub["valid"], test) if group == "rcv_ols" else \
-                        fit_ridge_path(sub["train"], sub["valid"], config.alphas, test)
-                except ProbestoreError as exc:
-                    rows += _failed_rows(job, specs, sample, _error_text(exc))
-                else:
-                    seconds = (t_rcv * len(specs) / len(rcv_specs) + time.perf_counter() - t0) / len(specs)
-                    r, w, a = _rcv_rows(job, specs, sample, res, seconds, want_weights)
-                    rows += r
-                    weights.update(w)
-                    attrs.update(a)
-    if clf_specs:
-        test_idx = sample.split_index["test"]
-
-        def test_scorer(fitted):
-            """Test logits of every fitted label set, in one more pass over the block."""
-            names = list(fitted)
-            if not names:
-                return {}
-            K = fitted[names[0]][0].shape[0]
-            W = np.concatenate([np.asarray(fitted[k][0], dtype=np.float32).T for k in names], axis=1)
-            b = np.concatenate([np.asarray(fitted[k][1], dtype=np.float64) for k in names])
-            out = np.empty((test_idx.size, W.shape[1]))
-            filled_t = 0
-            for start in range(0, n, step):
-                stop = min(n, start + step)
-                sel = split_of[start:stop] == 2
-                if not sel.any():
-                    continue
-                chunk = np.asarray(store.read_layer(job.run, job.checkpoint, job.layer, rows=slice(start, stop),
-                                                    check_chunks=False), dtype=np.float32)
-                k = int(sel.sum())
-                out[filled_t:filled_t + k] = (chunk[sel] @ W).astype(np.float64) + b
-                filled_t += k
-            return {name: out[:, i * K:(i + 1) * K] for i, name in enumerate(names)}
-
-    if mdl_specs:
-        rows += fit_mdl_group(job, mdl_specs, sample, gathered["train"] if gathered["train"].size else None, config)
-    if clf_specs:
-        X = {"train": gathered["train"] if gathered["train"].size else None,
-             "valid": gathered["valid"] if gathered["valid"].size else None, "test": None}
-        r, w, a = fit_classifier_group(job, clf_specs, sample, X, config, test_scorer=test_scorer,
-                                       want_weights=want_weights)
-        rows += r
-        weights.update(w)
-        attrs.update(a)
+            seconds = (t_rcv * len(specs) / len(rcv_specs) + time.perf_counter() - t0) / len(specs)
+            r, w, a = _rcv_rows(job, specs, sample, res, seconds, want_weights)
+            rows += r
+            weights.update(w)
+            attrs.update(a)
     return rows, weights, attrs
+
+
+def _streamed_test_scorer(store, job, step: int, split_of: np.ndarray, test_idx: np.ndarray):
+    """A function giving the test logits of fitted classifiers, in one more pass over the block."""
+
+    def test_scorer(fitted):
+        """Test logits of every fitted label set, in one more pass over the block."""
+        names = list(fitted)
+        if not names:
+            return {}
+        K = fitted[names[0]][0].shape[0]
+        W = np.concatenate([np.asarray(fitted[k][0], dtype=np.float32).T for k in names], axis=1)
+        b = np.concatenate([np.asarray(fitted[k][1], dtype=np.float64) for k in names])
+        out = np.empty((test_idx.size, W.shape[1]))
+        filled_t = 0
+        for start in range(0, job.n_samples, step):
+            stop = min(job.n_samples, start + step)
+            sel = split_of[start:stop] == 2
+            if not sel.any():
+                continue
+            chunk = np.asarray(store.read_layer(job.run, job.checkpoint, job.layer, rows=slice(start, stop),
+                                                check_chunks=False), dtype=np.float32)
+            k = int(sel.sum())
+            out[filled_t:filled_t + k] = (chunk[sel] @ W).astype(np.float64) + b
+            filled_t += k
+        return {name: out[:, i * K:(i + 1) * K] for i, name in enumerate(names)}
+
+    return test_scorer
 
 
 # --------------------------------------------------------------------------- the task
@@ -660,7 +703,7 @@ def _outputs_rows(store, job: BlockJob, sample: SampleData) -> list[dict[str, An
         metrics = model_output_metrics(logits, {s.target: labelings[s.target] for s in specs},
                                        sample.split_index, sample.corrupted[job.run], sample.n_classes)
     except ProbestoreError as exc:
-        return _failed_rows(job, specs, sample, _error_text(exc))
+        return failed_rows(job, specs, sample, _error_text(exc))
     seconds = (time.perf_counter() - t0) / len(specs)
     return [make_row(**{**_base(job, s, sample), **metrics[s.target]}, status="ok", fit_seconds=seconds)
             for s in specs]

@@ -43,12 +43,14 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from analyze.config import LOOPBACK, AnalysisConfig
-from storage_schema.errors import ConfigError
+from analyze.config import LOOPBACK, ExecutionSettings
+from probestore.errors import ConfigError
 
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: The settings type a caller passes in comes back out (with the thread count resolved).
+Settings = TypeVar("Settings", bound=ExecutionSettings)
 
 
 def machine_cores() -> int:
@@ -145,8 +147,20 @@ class DaskExecutor:
                 fut.release()
 
 
+@runtime_checkable
+class Broadcast(Protocol):
+    """A shared task argument that is sent to every worker once instead of with each task.
+
+    A class opts in by declaring ``broadcast_to_workers: ClassVar[bool] = True`` (the
+    per-sample data of an analysis does): the executor then scatters it, so a thousand
+    blocks do not each carry a copy of the labels and splits.
+    """
+
+    broadcast_to_workers: ClassVar[bool]
+
+
 def _is_large(obj: Any) -> bool:
-    return type(obj).__name__ == "SampleData"
+    return isinstance(obj, Broadcast) and bool(obj.broadcast_to_workers)
 
 
 def _dashboard_link(client) -> str | None:
@@ -160,13 +174,13 @@ def _dashboard_link(client) -> str | None:
 
 
 @contextlib.contextmanager
-def open_executor(config: AnalysisConfig, n_tasks: int, *, client=None,
-                  log: Callable[[str], None] = print) -> Iterator[tuple[Any, AnalysisConfig]]:
+def open_executor(config: Settings, n_tasks: int, *, client=None,
+                  log: Callable[[str], None] = print) -> Iterator[tuple[Any, Settings]]:
     """Start (and afterwards stop) what runs the blocks.
 
     Parameters
     ----------
-    config : AnalysisConfig
+    config : ExecutionSettings (or an AnalysisConfig, which is one)
         ``scheduler``, ``n_workers``, ``threads_per_worker``, ``memory_limit``, ``host``.
     n_tasks : int
         Blocks to run: no more local workers than that are started.
@@ -200,7 +214,7 @@ def open_executor(config: AnalysisConfig, n_tasks: int, *, client=None,
     yield from _remote(config, log)
 
 
-def _local(config: AnalysisConfig, workers: int, threads: int, log):
+def _local(config: ExecutionSettings, workers: int, threads: int, log):
     from distributed import Client, LocalCluster
 
     if config.host != LOOPBACK:
@@ -282,7 +296,7 @@ def _silence_distributed() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
-def _remote(config: AnalysisConfig, log):
+def _remote(config: ExecutionSettings, log):
     from distributed import Client
 
     try:

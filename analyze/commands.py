@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from storage_schema.errors import ConfigError, ProbestoreError
+from probestore.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -36,7 +36,7 @@ def _register_analyze(subparsers) -> None:
     p.add_argument("--config", metavar="TOML", help="experiment or analysis TOML with an [analysis] table")
     p.add_argument("-o", "--results", metavar="PATH",
                    help="results table (.parquet; default: <store>.results.parquet beside the store)")
-    g = p.add_argument_group("what to fit (comma-separated fnmatch patterns)")
+    g = p.add_argument_group("what to fit (comma-separated names or globs, e.g. 'fc*')")
     g.add_argument("--runs", metavar="PATTERNS")
     g.add_argument("--checkpoints", metavar="PATTERNS")
     g.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,input'")
@@ -173,17 +173,10 @@ def analyze_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    try:
-        from analyze.report import build_report
-    except ImportError as exc:
-        raise ProbestoreError(
-            "the report writer is not available",
-            where="analyze.report",
-            got=f"{type(exc).__name__}: {exc}",
-            fix="update probestore (analyze/report/ is part of the package)",
-        ) from None
+    from analyze.report import build_report  # matplotlib: imported only by this command
+
     if not Path(args.results).exists():
-        from storage_schema.errors import NotFoundError
+        from probestore.errors import NotFoundError
 
         raise NotFoundError("no results table here", where=args.results,
                             fix="run `probestore analyze STORE -o RESULTS` first")

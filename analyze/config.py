@@ -16,7 +16,7 @@ Example (every key optional)::
     probes = ["classifier", "control", "rcv", "outputs"]   # add "mdl" (online-code MDL), "rcv_ols" (OLS RCVs)
     mdl_C = 1.0               # fixed inverse L2 strength of the MDL probes
     mdl_seed = 0              # seed of the MDL transmission order
-    runs = ["generalizing", "memorizing-*"]      # fnmatch patterns; default: all
+    runs = ["generalizing", "memorizing-*"]      # names or globs; default: all
     checkpoints = ["*"]
     layers = ["relu*", "input"]
     targets = ["area", "eccentricity"]           # continuous concept targets for RCVs
@@ -28,7 +28,7 @@ Example (every key optional)::
     results = "results/mnist.parquet"
     save_weights = false
 
-Filters are lists of fnmatch patterns (``"fc*"``); on the command line, a comma-separated
+Filters are lists of names or globs (``"fc*"``, :mod:`probestore.selectors`); on the command line, a comma-separated
 string. The layer filter applies to feature layers; the model-output analysis is
 selected with ``probes`` (``"outputs"``).
 """
@@ -39,12 +39,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, did_you_mean
-from storage_schema.validation import check_keys, check_range, check_type
+from analyze.solvers.grids import DEFAULT_ALPHAS, DEFAULT_CS
+from probestore.errors import ConfigError, did_you_mean
+from probestore.experiment import read_analysis
+from probestore.fields import check_keys, check_range, check_type
+from probestore.paths import expand_path
 
 #: ``rcv_ols``: the RCVs by ordinary least squares, as Graziani et al. fitted them (opt-in).
 PROBE_KINDS = ("classifier", "control", "rcv", "rcv_ols", "outputs", "mdl")
@@ -52,14 +55,79 @@ PROBE_KINDS = ("classifier", "control", "rcv", "rcv_ols", "outputs", "mdl")
 #: classifier fits per block (at one C) and most analyses only need accuracies.
 DEFAULT_PROBES = ("classifier", "control", "rcv", "outputs")
 DEFAULT_MDL_C = 1.0
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 15))
 DEFAULT_MAX_BLOCK_BYTES = 1 << 30
 LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
-class AnalysisConfig:
+class ExecutionSettings:
+    """Where tasks run: what ``probestore analyze``, ``similarity`` and ``tcav`` share.
+
+    :func:`analyze.cluster.open_executor` needs only these; :class:`AnalysisConfig`
+    adds the probe settings, so the probe engine passes its config as it is, while TCAV
+    and CKA build just this (no probe grid or filter they would not use). Values are
+    validated on construction, like every config field.
+
+    Attributes
+    ----------
+    scheduler : str
+        ``"local"``, ``"none"`` (synchronous, in this process) or a scheduler address.
+    n_workers, threads_per_worker : int or None
+        Local cluster size (None: sized to the machine); ``n_workers=0`` means in-process.
+    memory_limit : str or int
+        Per-worker memory limit of the local cluster (``"auto"``: machine memory / workers).
+    host : str
+        Interface the local scheduler, workers and dashboard bind to. Anything other than
+        127.0.0.1 exposes an unauthenticated Dask scheduler (which runs arbitrary code
+        submitted to it) to the network: only on a trusted network.
+    """
+
+    scheduler: str = "local"
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str | int = "auto"
+    host: str = LOOPBACK
+
+    def __post_init__(self) -> None:
+        # Constructed directly (library use) or via from_dict: validated and normalised
+        # the same way either way ("fc*,input" -> ("fc*", "input"), grids sorted).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _NOT_SETTINGS or value is None:
+                continue
+            object.__setattr__(self, f.name, _validate(f.name, value, f"analysis config {f.name}"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "[analysis]") -> Self:
+        """Validate a mapping (a TOML table, CLI overrides) into settings of this class.
+
+        Raises
+        ------
+        ConfigError
+            Unknown key (with a did-you-mean), wrong type, value out of range.
+        """
+        fields = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_SETTINGS]
+        check_keys(d, fields, where=where)
+        return cls(**{k: _validate(k, v, f"{where}.{k}") for k, v in d.items() if v is not None})
+
+    def replace(self, **overrides: Any) -> Self:
+        """A copy with validated overrides (``None`` values are ignored)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        checked = type(self).from_dict(given, where="command-line options")
+        return dataclasses.replace(self, **{k: getattr(checked, k) for k in given})
+
+    @property
+    def synchronous(self) -> bool:
+        """Run blocks in this process (debugging; no cluster)."""
+        return self.scheduler == "none" or self.n_workers == 0
+
+
+#: Dataclass fields that are not settings (not validated, not accepted as keys).
+_NOT_SETTINGS = frozenset({"extra"})
+
+
+@dataclass(frozen=True)
+class AnalysisConfig(ExecutionSettings):
     """Validated analysis settings (build with :meth:`from_dict` or :func:`load_config`).
 
     Attributes
@@ -83,17 +151,9 @@ class AnalysisConfig:
     mdl_seed : int
         Seed of the order in which the MDL online code transmits the train labels.
     runs, checkpoints, layers, targets : tuple of str or None
-        fnmatch patterns; None selects everything.
-    scheduler : str
-        ``"local"``, ``"none"`` (synchronous, in this process) or a scheduler address.
-    n_workers, threads_per_worker : int or None
-        Local cluster size (None: sized to the machine); ``n_workers=0`` means in-process.
-    memory_limit : str or int
-        Per-worker memory limit of the local cluster (``"auto"``: machine memory / workers).
-    host : str
-        Interface the local scheduler, workers and dashboard bind to. Anything other than
-        127.0.0.1 exposes an unauthenticated Dask scheduler (which runs arbitrary code
-        submitted to it) to the network: only on a trusted network.
+        names or globs; None selects everything.
+    scheduler, n_workers, threads_per_worker, memory_limit, host
+        Where the blocks run: see :class:`ExecutionSettings`.
     max_block_bytes : int
         A block whose float32 size exceeds this is streamed in row chunks.
     results : str or None
@@ -116,44 +176,11 @@ class AnalysisConfig:
     checkpoints: tuple[str, ...] | None = None
     layers: tuple[str, ...] | None = None
     targets: tuple[str, ...] | None = None
-    scheduler: str = "local"
-    n_workers: int | None = None
-    threads_per_worker: int | None = None
-    memory_limit: str | int = "auto"
-    host: str = LOOPBACK
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
     results: str | None = None
     save_weights: bool = False
     retry_failed: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Constructed directly (library use) or via from_dict: validated and normalised
-        # the same way either way ("fc*,input" -> ("fc*", "input"), grids sorted).
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "extra" or value is None:
-                continue
-            object.__setattr__(self, f.name, _validate(f.name, value, f"analysis config {f.name}"))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "[analysis]") -> AnalysisConfig:
-        """Validate a mapping (a TOML table, CLI overrides) into a config.
-
-        Raises
-        ------
-        ConfigError
-            Unknown key (with a did-you-mean), wrong type, value out of range.
-        """
-        fields = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
-        check_keys(d, fields, where=where)
-        return cls(**{k: _validate(k, v, f"{where}.{k}") for k, v in d.items() if v is not None})
-
-    def replace(self, **overrides: Any) -> AnalysisConfig:
-        """A copy with validated overrides (``None`` values are ignored)."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        checked = AnalysisConfig.from_dict(given, where="command-line options")
-        return dataclasses.replace(self, **{k: getattr(checked, k) for k in given})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (recorded in the results table's metadata)."""
@@ -164,11 +191,6 @@ class AnalysisConfig:
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
-
-    @property
-    def synchronous(self) -> bool:
-        """Run blocks in this process (debugging; no cluster)."""
-        return self.scheduler == "none" or self.n_workers == 0
 
     def probe_settings(self) -> dict[str, Any]:
         """The settings that change a probe's numbers (recorded with the results)."""
@@ -315,8 +337,9 @@ def load_config(path: str | Path | None, **overrides: Any) -> tuple[AnalysisConf
     ----------
     path : path or None
         An experiment TOML (its ``[analysis]`` table is used; its ``[experiment].store``
-        is returned so the store need not be repeated), or a TOML holding only an
-        ``[analysis]`` table. None: defaults.
+        is returned, ``~`` and ``$VARS`` expanded, so the store need not be repeated), or
+        a TOML holding only an ``[analysis]`` table. None: defaults. Read with
+        :func:`probestore.experiment.read_analysis`, the parser every command uses.
     **overrides
         Command-line values; None means "not given".
 
@@ -326,34 +349,15 @@ def load_config(path: str | Path | None, **overrides: Any) -> tuple[AnalysisConf
     store : str or None
         ``[experiment].store`` of the file, when it has one.
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
-    table: Mapping[str, Any] = {}
     store = None
     if path is not None:
-        path = Path(path)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("config file not found", where=str(path), fix="check the path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("not valid TOML", where=str(path), got=str(exc)) from None
-        if "analysis" in doc:
-            table = doc["analysis"]
-        elif "experiment" not in doc:
-            raise ConfigError(
-                "no [analysis] table",
-                where=str(path),
-                expected="an [analysis] table (or an experiment TOML)",
-                got="tables " + ", ".join(sorted(doc)) if doc else "an empty file",
-                fix=did_you_mean(next(iter(doc), ""), ["analysis"]) or "add an [analysis] table",
-            )
-        exp = doc.get("experiment")
-        if isinstance(exp, Mapping) and isinstance(exp.get("store"), str):
-            store = exp["store"]
+        # The one reader of the experiment file: [experiment].store is parsed (and
+        # expanded) exactly as `probestore extract` parses it.
+        table, store_path = read_analysis(path)
+        store = None if store_path is None else str(store_path)
+        if isinstance(table.get("results"), str):
+            # the same expansion as every path of the file (``~``, ``$VARS``)
+            table = {**table, "results": str(expand_path(table["results"], where=f"{path} [analysis].results"))}
         config = AnalysisConfig.from_dict(table, where=f"{path} [analysis]")
     else:
         config = AnalysisConfig()

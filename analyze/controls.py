@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 
 
 def control_labels(types: np.ndarray, labels: np.ndarray, n_classes: int, seed: int, *,

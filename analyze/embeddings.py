@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, DataError, did_you_mean
+from probestore.errors import ConfigError, DataError, did_you_mean
 
 METHODS = ("pca", "tsne")
 DEFAULT_SAMPLES = 2000

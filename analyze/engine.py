@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyze.block_task import BlockOutcome, build_sample_data, run_block
+from analyze.block_task import BlockOutcome, SampleData, build_sample_data, run_block
 from analyze.cluster import check_store_visible, open_executor
 from analyze.config import AnalysisConfig
 from analyze.jobs import Plan, format_plan, plan_jobs
@@ -47,7 +47,7 @@ from analyze.results import (
     write_weights,
 )
 from analyze.split_checks import DEGENERATE, SplitChecker
-from storage_schema.errors import ConfigError, FingerprintMismatchError, ProbestoreError
+from probestore.errors import ConfigError, FingerprintMismatchError, ProbestoreError
 from storage_schema.store import open_store
 
 
@@ -241,8 +241,8 @@ def run_analysis(
     summary.blocks_skipped = len(plan.jobs) - len(pending.jobs)
     try:
         if pending.jobs:
-            _run_pending(store_path, pending, sample, config, client, progress, log, writer, done, summary,
-                         checker=checker)
+            _run_pending(pending, store_path=store_path, sample=sample, config=config, client=client,
+                         progress=progress, log=log, writer=writer, done=done, summary=summary, checker=checker)
         with results_write_errors(results_path):
             table = writer.finalize()
     finally:
@@ -255,11 +255,16 @@ def run_analysis(
     return summary
 
 
-def _run_pending(store_path, pending: Plan, sample, config, client, progress, log, writer, done, summary, *,
-                 checker: SplitChecker):
-    """Submit the pending blocks and record each as it finishes."""
+def _run_pending(pending: Plan, *, store_path: str, sample: SampleData, config: AnalysisConfig, client,
+                 progress: bool, log: Callable[[str], None], writer: ResultsWriter, done: set[str],
+                 summary: AnalysisSummary, checker: SplitChecker) -> None:
+    """Submit the pending blocks and record each as it finishes.
+
+    ``done``: probe ids already in the table (not counted again); ``summary`` is updated
+    in place (blocks done, lost or unreadable, probes written).
+    """
     want_weights = bool(config.save_weights)
-    weights_path = results_paths(writer.path)["weights"]
+    weights_path = results_paths(writer.path)["weights"] if want_weights else None
     for job in (j for j in pending.jobs if j.key in pending.unreadable):  # nothing to submit: record why
         _record_unreadable(job, pending.unreadable[job.key], sample, writer, summary)
     # Largest blocks first: the last tasks to finish are short ones (better packing).
@@ -282,28 +287,34 @@ def _run_pending(store_path, pending: Plan, sample, config, client, progress, lo
                     if isinstance(task.error, ProbestoreError):
                         summary.stuck_blocks.add(job.name)
                 else:
-                    outcome: BlockOutcome = task.value
-                    outcome.rows = checker.flag(outcome.rows)
-                    summary.degenerate_example = summary.degenerate_example or next(
-                        (r["message"] for r in outcome.rows if r["status"] == DEGENERATE), "")
-                    rows = [r for r in outcome.rows if r["probe_id"] not in done]
-                    with results_write_errors(writer.path):
-                        if want_weights and outcome.weights:
-                            keep = {r["probe_id"] for r in rows}
-                            write_weights(weights_path, {k: v for k, v in outcome.weights.items() if k in keep},
-                                          outcome.weight_attrs)
-                        # The whole refitted group is written: a row already present comes back with the
-                        # same numbers, plus what its missing partner adds (selectivity once a failed
-                        # control probe is retried); the newest copy wins the merge.
-                        writer.write_part(job.key, outcome.rows)  # weights first: a part implies its weights
-                    summary.blocks_done += 1
-                    summary.probes_written += len(rows)
-                    summary.status_counts.update(r["status"] for r in rows)
+                    _record_outcome(job, task.value, writer=writer, weights_path=weights_path, done=done,
+                                    summary=summary, checker=checker)
                 bar.update(1)
                 rate = summary.probes_written / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix_str(f"{rate:.1f} probes/s, {pending.n_probes} probes planned")
         finally:
             bar.close()
+
+
+def _record_outcome(job, outcome: BlockOutcome, *, writer: ResultsWriter, weights_path: Path | None,
+                    done: set[str], summary: AnalysisSummary, checker: SplitChecker) -> None:
+    """Write a finished block's rows (and weights, when ``weights_path``) and count them."""
+    outcome.rows = checker.flag(outcome.rows)
+    summary.degenerate_example = summary.degenerate_example or next(
+        (r["message"] for r in outcome.rows if r["status"] == DEGENERATE), "")
+    rows = [r for r in outcome.rows if r["probe_id"] not in done]
+    with results_write_errors(writer.path):
+        if weights_path is not None and outcome.weights:
+            keep = {r["probe_id"] for r in rows}
+            write_weights(weights_path, {k: v for k, v in outcome.weights.items() if k in keep},
+                          outcome.weight_attrs)
+        # The whole refitted group is written: a row already present comes back with the
+        # same numbers, plus what its missing partner adds (selectivity once a failed
+        # control probe is retried); the newest copy wins the merge.
+        writer.write_part(job.key, outcome.rows)  # weights first: a part implies its weights
+    summary.blocks_done += 1
+    summary.probes_written += len(rows)
+    summary.status_counts.update(r["status"] for r in rows)
 
 
 @contextlib.contextmanager
@@ -349,10 +360,10 @@ def _is_block_data_error(exc: BaseException | None) -> bool:
 
 def _record_unreadable(job, reason: str, sample, writer: ResultsWriter, summary: AnalysisSummary) -> None:
     """Failed rows for every probe of a block that cannot be read, so that none is silently absent."""
-    from analyze.block_task import _failed_rows
+    from analyze.block_task import failed_rows
 
     text = reason if "fix:" in reason else f"{reason}; fix: {UNREADABLE_FIX[0].lower()}{UNREADABLE_FIX[1:]}"
-    rows = _failed_rows(job, job.probes, sample, UNREADABLE_BLOCK + text)
+    rows = failed_rows(job, job.probes, sample, UNREADABLE_BLOCK + text)
     with results_write_errors(writer.path):
         writer.write_part(job.key, rows)
     summary.failed_blocks.append((job.name, reason.split("; fix:")[0]))

@@ -26,8 +26,8 @@ warns with :class:`SelectionFallbackWarning`.
 
 Input: validated with scikit-learn's ``validate_data`` (finite, numeric, 2-D, at least
 two rows, ``n_features_in_`` / ``feature_names_in_`` checked in ``predict``); its
-complaints are re-raised as probestore's one-line :class:`~storage_schema.errors.DataError`
-(a ``ValueError``) or :class:`~storage_schema.errors.DataTypeError` (also a ``TypeError``).
+complaints are re-raised as probestore's one-line :class:`~probestore.errors.DataError`
+(a ``ValueError``) or :class:`~probestore.errors.DataTypeError` (also a ``TypeError``).
 Sparse ``X``: :class:`RCVProbe` accepts it and streams it in dense row chunks into the
 F×F Gram statistics (memory ``O(F²)``, refused above ``MAX_SPARSE_GRAM_BYTES``);
 :class:`ClassifierProbe` refuses it with a ``TypeError`` (its solver standardizes, i.e.
@@ -45,13 +45,12 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from analyze.metrics import log_softmax
-from analyze.solvers.logistic import _check_Cs, fit_logistic_block
-from analyze.solvers.ridge import _check_alphas, fit_rcv_block
+from analyze.solvers.grids import DEFAULT_ALPHAS, DEFAULT_CS, check_alphas, check_Cs
+from analyze.solvers.logistic import fit_logistic_block
+from analyze.solvers.ridge import fit_rcv_block
 from analyze.solvers.standardize import is_constant_feature
-from storage_schema.errors import ConfigError, DataError, DataTypeError
+from probestore.errors import ConfigError, DataError, DataTypeError
 
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 15))
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
 #: Largest F×F float64 Gram a sparse ``X`` may need in :class:`RCVProbe` (2 GiB: F ≈ 16,000).
 MAX_SPARSE_GRAM_BYTES = 2 << 30
 _SPARSE_CHUNK_ROWS = 4096
@@ -294,7 +293,7 @@ class RCVProbe(RegressorMixin, BaseEstimator):
             selected = np.zeros(Y.shape[1], dtype=bool)
         else:
             res, alpha, coef, intercept, direction, r2, selected = self._select(
-                X, Y, (Xv, yv.reshape(yv.shape[0], -1)) if explicit else None, _check_alphas(grid), where)
+                X, Y, (Xv, yv.reshape(yv.shape[0], -1)) if explicit else None, check_alphas(grid), where)
         self.result_ = res
         self.alphas_ = None if grid is None else np.unique(grid)
         pick = (lambda v: v[0]) if single else (lambda v: v)
@@ -445,17 +444,17 @@ class ClassifierProbe(ClassifierMixin, BaseEstimator):
             Xb, yb = (X_valid, np.searchsorted(self.classes_, yv_raw)) if explicit else (X, codes)
             res = final = fit_at(X, codes, Xb, yb, [fixed])
         elif explicit:
-            res = final = fit_at(X, codes, X_valid, np.searchsorted(self.classes_, yv_raw), _check_Cs(grid))
+            res = final = fit_at(X, codes, X_valid, np.searchsorted(self.classes_, yv_raw), check_Cs(grid))
             self.selected_ = True
         else:
             split = _stratified_holdout(codes, self.validation_fraction, self.random_state)
             if split is None:
-                middle = _middle(_check_Cs(grid))
+                middle = _middle(check_Cs(grid))
                 _warn_fallback("every class has a single row, none can be held out", middle, "C", "Cs")
                 res = final = fit_at(X, codes, X, codes, [middle])
             else:
                 f, v = split
-                res = final = fit_at(X[f], codes[f], X[v], codes[v], _check_Cs(grid))
+                res = final = fit_at(X[f], codes[f], X[v], codes[v], check_Cs(grid))
                 self.selected_ = True
                 if self.refit:
                     final = fit_at(X, codes, X[v], codes[v], [res.C], warm={"y": res})

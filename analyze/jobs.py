@@ -29,7 +29,6 @@ written again. Results are deterministic, so this changes no number.
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,8 +39,9 @@ import numpy as np
 from analyze.block_checks import unreadable_blocks
 from analyze.config import AnalysisConfig
 from analyze.results import probe_id
+from probestore.errors import ConfigError, did_you_mean
+from probestore.selectors import NoMatchError, check_matched, matches, select
 from storage_schema import layout
-from storage_schema.errors import ConfigError, NotFoundError, did_you_mean
 
 #: probe kind -> the group it is fitted in
 GROUP_OF = {"classifier": "classifier", "control": "classifier", "rcv": "rcv", "rcv_ols": "rcv_ols",
@@ -154,25 +154,6 @@ def reduction_label(reduction: Any) -> str:
     return f"{kind}:{k}" if k is not None and kind in ("random", "project") else kind
 
 
-def _select(names: Sequence[str], patterns: Sequence[str] | None, what: str, where: str,
-            *, must_match: bool = True) -> list[str]:
-    """Names matching any pattern; a pattern that matches nothing is an error."""
-    if patterns is None:
-        return list(names)
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if must_match:
-        for p in patterns:
-            if not any(fnmatch.fnmatchcase(n, p) for n in names):
-                raise NotFoundError(
-                    f"no {what} matches {p!r}",
-                    where=where,
-                    expected=", ".join(names) if names else f"no {what}s in the store",
-                    got=repr(p),
-                    fix=did_you_mean(p, names) or f"`probestore inspect STORE` lists the {what}s",
-                )
-    return chosen
-
-
 def plan_jobs(store, config: AnalysisConfig) -> Plan:
     """Enumerate the blocks and probes of an analysis of ``store``.
 
@@ -189,12 +170,75 @@ def plan_jobs(store, config: AnalysisConfig) -> Plan:
 
     Raises
     ------
-    NotFoundError
-        A filter pattern that matches no run / checkpoint / layer / target.
+    NoMatchError
+        A filter pattern that matches no run / checkpoint / layer / target (a ConfigError).
     ConfigError
         A store without a train and a valid split.
     """
     where = f"analysis of {store.path}"
+    _require_train_and_valid(store)
+    probes = set(config.probes)
+    targets = _selected_targets(store, config.targets, where)
+    hint = _inspect_hint(store)
+    runs = select(store.runs(), config.runs, what="run", where=f"{where} (--runs)", hint=hint("runs"))
+    found = _Found()
+    for run in runs:
+        info = store.run_info(run)
+        has_corrupted = bool(np.any(store.corrupted_mask(run)))
+        ckpts = store.checkpoints(run)
+        found.ckpt_names_seen.update(c.name for c in ckpts)
+        chosen_ckpts = select([c.name for c in ckpts], config.checkpoints, what="checkpoint", where=where,
+                              must_match=False)
+        for ckpt in ckpts:
+            if ckpt.name not in chosen_ckpts:
+                continue
+            found.ckpt_matched.add(ckpt.name)
+            common = {
+                "run": run,
+                "checkpoint": ckpt.name,
+                "epoch": -1 if ckpt.epoch is None else int(ckpt.epoch),
+                "corruption_fraction": float(info.corruption_fraction),
+                "corruption_mode": str(info.corruption_mode),
+                "has_corrupted": has_corrupted,
+                "n_samples": store.n_samples,
+            }
+            _add_checkpoint_jobs(store, common, probes, targets, config.layers, where, found)
+    check_matched(config.checkpoints, found.ckpt_matched, found.ckpt_names_seen, what="checkpoint",
+                  where=f"{where} (--checkpoints)", hint=hint("checkpoints"))
+    check_matched(config.layers, found.layer_matched, found.layer_names_seen, what="layer",
+                  where=f"{where} (--layers)", hint=hint("layers"))
+    jobs = sorted(found.jobs, key=lambda j: (j.run, j.epoch, j.checkpoint, j.layer_index, j.layer))
+    return Plan(
+        store=str(store.path),
+        dataset=store.dataset.name,
+        n_samples=store.n_samples,
+        n_classes=len(store.dataset.class_names),
+        jobs=jobs,
+        targets=targets,
+        stored_bytes=found.stored,
+        unreadable=found.unreadable,
+    )
+
+
+@dataclass
+class _Found:
+    """What :func:`plan_jobs` collects while it walks the checkpoints.
+
+    The names seen and matched let the filters report a pattern that matched nothing in
+    any run (a layer pattern may match in one checkpoint and not another).
+    """
+
+    jobs: list[BlockJob] = field(default_factory=list)
+    stored: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    unreadable: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    ckpt_names_seen: set[str] = field(default_factory=set)
+    layer_names_seen: set[str] = field(default_factory=set)
+    ckpt_matched: set[str] = field(default_factory=set)
+    layer_matched: set[str] = field(default_factory=set)
+
+
+def _require_train_and_valid(store) -> None:
+    """ConfigError unless the store has a train and a valid split (probes are fitted and selected on them)."""
     splits = store.dataset.split_names
     for needed in ("train", "valid"):
         if needed not in splits:
@@ -205,96 +249,70 @@ def plan_jobs(store, config: AnalysisConfig) -> Plan:
                 got=", ".join(splits),
                 fix="probes are fitted on train and selected on valid: re-create the store with these splits",
             )
-    probes = set(config.probes)
+
+
+def _selected_targets(store, patterns, where: str) -> tuple[str, ...]:
+    """The continuous concept targets the RCVs are fitted to (``--targets`` patterns or all).
+
+    A pattern matching no continuous target is an error that says when it matches a
+    target of another kind (RCVs are regressions: they need continuous targets).
+    """
     all_targets = store.target_names()
     continuous = [t for t in all_targets if store.target_info(t).kind == "continuous"]
-    if config.targets is not None:
-        for p in config.targets:
-            if not any(fnmatch.fnmatchcase(t, p) for t in continuous):
-                other = [t for t in all_targets if fnmatch.fnmatchcase(t, p)]
-                raise NotFoundError(
+    if patterns is not None:
+        for p in patterns:
+            if not any(matches(t, p) for t in continuous):
+                other = [t for t in all_targets if matches(t, p)]
+                raise NoMatchError(
                     f"no continuous concept target matches {p!r}",
                     where=f"{where} (--targets)",
                     expected=", ".join(continuous) or "no continuous targets in the store",
                     got=f"{p!r}" + (f" (matches non-continuous {other}: RCVs need continuous targets)" if other else ""),
                     fix=did_you_mean(p, continuous) or "`probestore inspect STORE` lists the targets",
                 )
-    targets = tuple(_select(continuous, config.targets, "target", where, must_match=False))
-    runs = _select(store.runs(), config.runs, "run", f"{where} (--runs)")
-    jobs: list[BlockJob] = []
-    stored: dict[tuple[str, str, str], int] = {}
-    unreadable: dict[tuple[str, str, str], str] = {}
-    ckpt_names_seen: set[str] = set()
-    layer_names_seen: set[str] = set()
-    ckpt_matched: set[str] = set()
-    layer_matched: set[str] = set()
-    for run in runs:
-        info = store.run_info(run)
-        has_corrupted = bool(np.any(store.corrupted_mask(run)))
-        ckpts = store.checkpoints(run)
-        ckpt_names_seen.update(c.name for c in ckpts)
-        chosen_ckpts = _select([c.name for c in ckpts], config.checkpoints, "checkpoint", where, must_match=False)
-        for ckpt in ckpts:
-            if ckpt.name not in chosen_ckpts:
-                continue
-            ckpt_matched.add(ckpt.name)
-            blocks = store.blocks(run, ckpt.name)
-            features = [b for b in blocks if b.kind == "features"]
-            layer_names_seen.update(b.name for b in features)
-            chosen_layers = _select([b.name for b in features], config.layers, "layer", where, must_match=False)
-            common = {
-                "run": run,
-                "checkpoint": ckpt.name,
-                "epoch": -1 if ckpt.epoch is None else int(ckpt.epoch),
-                "corruption_fraction": float(info.corruption_fraction),
-                "corruption_mode": str(info.corruption_mode),
-                "has_corrupted": has_corrupted,
-                "n_samples": store.n_samples,
-            }
-            for index, block in enumerate(features):
-                if block.name not in chosen_layers:
-                    continue
-                layer_matched.add(block.name)
-                specs = _feature_probes(probes, has_corrupted, targets)
-                if not specs:
-                    continue
-                jobs.append(BlockJob(
-                    layer=block.name, layer_index=index, n_features=int(block.n_features),
-                    dtype=block.dtype, chunk_rows=int(block.chunk_rows),
-                    reduction=reduction_label(block.reduction), probes=specs, **common,
-                ))
-                stored[jobs[-1].key] = store.stored_bytes(run, ckpt.name, block.name)
-            outputs = [b for b in blocks if b.kind == "logits"]
-            if "outputs" in probes and outputs:
-                specs = (ProbeSpec("model_output", "true_labels"),)
-                if has_corrupted:
-                    specs += (ProbeSpec("model_output", "train_labels"),)
-                b = outputs[0]
-                jobs.append(BlockJob(
-                    layer=layout.OUTPUTS, layer_index=len(features), n_features=int(b.n_features),
-                    dtype=b.dtype, chunk_rows=int(b.chunk_rows), reduction="none", probes=specs, **common,
-                ))
-                stored[jobs[-1].key] = store.stored_bytes(run, ckpt.name, layout.OUTPUTS)
-            for bad in unreadable_blocks(store, run, ckpt.name, {b.name for b in blocks}):
-                layer_names_seen.update([bad.name] if bad.kind == "features" else [])
-                job = _unreadable_job(bad, probes, has_corrupted, targets, config.layers, len(features), common)
-                if job is not None:
-                    layer_matched.update([bad.name] if bad.kind == "features" else [])
-                    jobs.append(job)
-                    unreadable[job.key] = bad.reason
-    _check_matched(config.checkpoints, ckpt_names_seen, ckpt_matched, "checkpoint", where)
-    _check_matched(config.layers, layer_names_seen, layer_matched, "layer", where)
-    jobs.sort(key=lambda j: (j.run, j.epoch, j.checkpoint, j.layer_index, j.layer))
-    return Plan(
-        store=str(store.path),
-        dataset=store.dataset.name,
-        n_samples=store.n_samples,
-        n_classes=len(store.dataset.class_names),
-        jobs=jobs,
-        targets=targets,
-        stored_bytes=stored,
-        unreadable=unreadable,
-    )
+    return tuple(select(continuous, patterns, what="target", where=where, must_match=False))
+
+
+def _add_checkpoint_jobs(store, common: dict[str, Any], probes: set[str], targets: tuple[str, ...],
+                         layer_patterns, where: str, found: _Found) -> None:
+    """The jobs of one checkpoint: its selected feature blocks, its outputs, its unreadable blocks."""
+    run, ckpt = common["run"], common["checkpoint"]
+    has_corrupted = common["has_corrupted"]
+    blocks = store.blocks(run, ckpt)
+    features = [b for b in blocks if b.kind == "features"]
+    found.layer_names_seen.update(b.name for b in features)
+    chosen_layers = select([b.name for b in features], layer_patterns, what="layer", where=where, must_match=False)
+    for index, block in enumerate(features):
+        if block.name not in chosen_layers:
+            continue
+        found.layer_matched.add(block.name)
+        specs = _feature_probes(probes, has_corrupted, targets)
+        if not specs:
+            continue
+        found.jobs.append(BlockJob(
+            layer=block.name, layer_index=index, n_features=int(block.n_features),
+            dtype=block.dtype, chunk_rows=int(block.chunk_rows),
+            reduction=reduction_label(block.reduction), probes=specs, **common,
+        ))
+        found.stored[found.jobs[-1].key] = store.stored_bytes(run, ckpt, block.name)
+    outputs = [b for b in blocks if b.kind == "logits"]
+    if "outputs" in probes and outputs:
+        out_specs: tuple[ProbeSpec, ...] = (ProbeSpec("model_output", "true_labels"),)
+        if has_corrupted:
+            out_specs += (ProbeSpec("model_output", "train_labels"),)
+        b = outputs[0]
+        found.jobs.append(BlockJob(
+            layer=layout.OUTPUTS, layer_index=len(features), n_features=int(b.n_features),
+            dtype=b.dtype, chunk_rows=int(b.chunk_rows), reduction="none", probes=out_specs, **common,
+        ))
+        found.stored[found.jobs[-1].key] = store.stored_bytes(run, ckpt, layout.OUTPUTS)
+    for bad in unreadable_blocks(store, run, ckpt, {b.name for b in blocks}):
+        found.layer_names_seen.update([bad.name] if bad.kind == "features" else [])
+        job = _unreadable_job(bad, probes, has_corrupted, targets, layer_patterns, len(features), common)
+        if job is not None:
+            found.layer_matched.update([bad.name] if bad.kind == "features" else [])
+            found.jobs.append(job)
+            found.unreadable[job.key] = bad.reason
 
 
 def _unreadable_job(bad, probes, has_corrupted, targets, layer_patterns, n_layers, common) -> BlockJob | None:
@@ -306,7 +324,7 @@ def _unreadable_job(bad, probes, has_corrupted, targets, layer_patterns, n_layer
         specs += (ProbeSpec("model_output", "train_labels"),) if has_corrupted else ()
         layer, index = layout.OUTPUTS, n_layers + 1
     else:
-        if layer_patterns is not None and not any(fnmatch.fnmatchcase(bad.name, p) for p in layer_patterns):
+        if layer_patterns is not None and not any(matches(bad.name, p) for p in layer_patterns):
             return None
         specs = _feature_probes(probes, has_corrupted, targets)
         layer, index = bad.name, n_layers
@@ -316,19 +334,9 @@ def _unreadable_job(bad, probes, has_corrupted, targets, layer_patterns, n_layer
                     reduction="unknown", probes=specs, **common)
 
 
-def _check_matched(patterns, seen, matched, what, where) -> None:
-    if patterns is None:
-        return
-    for p in patterns:
-        if not any(fnmatch.fnmatchcase(n, p) for n in matched):
-            names = sorted(seen)
-            raise NotFoundError(
-                f"no {what} matches {p!r} in the selected runs",
-                where=f"{where} (--{what}s)",
-                expected=", ".join(names) if names else f"complete {what}s in the store",
-                got=repr(p),
-                fix=did_you_mean(p, names) or f"`probestore inspect STORE` lists the {what}s",
-            )
+def _inspect_hint(store):
+    """``hint("layers")``: how to list the names a pattern may select (a command that works)."""
+    return lambda what: f"`probestore inspect {store.path}` lists the {what}"
 
 
 def _feature_probes(probes: set[str], has_corrupted: bool, targets: Sequence[str]) -> tuple[ProbeSpec, ...]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
 
 #: Block boundaries as fractions of the train split (Voita & Titov's choice).
 FRACTIONS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 
 #: Per-sample cross-entropy cap: ``-log(float64 eps)``, where scikit-learn clips.
 CE_CAP = float(-np.log(np.finfo(np.float64).eps))

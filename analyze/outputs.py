@@ -23,12 +23,17 @@ from collections.abc import Mapping
 import numpy as np
 
 from analyze.metrics import cross_entropy, top_k_error
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 
 
-def _split_scores(logits: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
+def split_scores(logits: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Top-1 error, top-5 error (NaN for 5 classes or fewer) and cross-entropy of logits on one split.
+
+    Shared by the model-output rows and the classifier probes' test metrics, so the two
+    report the same quantities the same way (NaN for an empty split).
+    """
     if y.size == 0:
         return {"error": np.nan, "top5_error": np.nan, "loss": np.nan}
     return {
@@ -94,7 +99,7 @@ def model_output_metrics(
             idx = split_index.get(split)
             if idx is None:
                 idx = np.zeros(0, dtype=np.intp)
-            s = _split_scores(logits[idx], y[idx], n_classes)
+            s = split_scores(logits[idx], y[idx], n_classes)
             row[f"{split}_error"] = s["error"]
             row[f"{split}_top5_error"] = s["top5_error"]
             row[f"{split}_loss"] = s["loss"]

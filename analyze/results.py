@@ -1,6 +1,6 @@
 """The results table: one row per probe, written so that a killed analysis loses little.
 
-Schema (shared with ``analyze/report``; keep in step with :data:`COLUMNS`): the key
+Schema (specified in storage_schema/RESULTS.md, declared in :data:`analyze.tables.RESULTS`): the key
 ``probe_id = "run/checkpoint/layer/probe/target"`` is unique (store names never contain
 ``/``), then the block's identity, the chosen hyperparameter, metrics per split, sample
 counts, fit time, ``status`` (``"ok"``, ``"not_converged"``, ``"degenerate_split"``,
@@ -8,7 +8,7 @@ counts, fit time, ``status`` (``"ok"``, ``"not_converged"``, ``"degenerate_split
 [0, 1]; metrics a probe does not have are NaN.
 
 Durability: every finished block is written at once as a small Parquet file in
-``<results>.parts/`` (temp file + ``os.replace``, so a part is whole or absent). At the
+``<results>.parts/`` (:mod:`probestore.atomic`: synced, so a part is whole or absent). At the
 end the parts and any earlier table are merged, deduplicated on ``probe_id`` and sorted
 by it, and written as ``<results>`` (Parquet) and ``<results>.csv``, each atomically;
 only then are the merged parts deleted. A crash at any point leaves a state from which
@@ -27,77 +27,44 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from storage_schema.errors import ConfigError, FingerprintMismatchError, StoreFormatError
+from analyze import tables
+from analyze.tables import RESULTS
+from probestore.atomic import atomic_write, temp_name_pattern
+from probestore.errors import ConfigError, FingerprintMismatchError, StoreFormatError
+from probestore.locking import HeldLock, try_file_lock
 
 RESULTS_FORMAT = "probestore-results"
 #: 1.1: control probes on sample types at the task probe's C, selectivity per split,
 #: training-label C chosen on an inner split of train, ``grid_edge`` (numbers of 1.0
 #: tables are not comparable: they are never merged, see ``ResultsWriter``).
-RESULTS_VERSION = "1.1"
+RESULTS_VERSION = RESULTS.version
+#: Parquet metadata key of the table's own metadata (format, version, fingerprint, settings).
 METADATA_KEY = b"probestore"
 
-_STR = "str"  # pandas' default string dtype (round-trips through Parquet unchanged)
-_F = "float64"
-_I = "int64"
-#: Column -> dtype, in table order.
-COLUMNS: dict[str, str] = {
-    "probe_id": _STR,
-    "run": _STR,
-    "corruption_fraction": _F,
-    "corruption_mode": _STR,
-    "checkpoint": _STR,
-    "epoch": _I,
-    "layer": _STR,
-    "n_features": _I,
-    "reduction": _STR,
-    "target": _STR,
-    "probe": _STR,
-    "hyperparameter": _STR,
-    "hyperparameter_value": _F,
-    # "low" / "high": the selected C or alpha is the smallest / largest of its grid (the
-    # optimum may lie outside it; widen the grid); "" otherwise or when not selected
-    "grid_edge": _STR,
-    **{f"{split}_{m}": _F for m in ("error",) for split in ("train", "valid", "test")},
-    **{f"{split}_top5_error": _F for split in ("train", "valid", "test")},
-    **{f"{split}_loss": _F for split in ("train", "valid", "test")},
-    **{f"{split}_r2": _F for split in ("train", "valid", "test")},
-    **{f"{split}_mspe": _F for split in ("train", "valid", "test")},
-    "selectivity_train": _F,
-    "selectivity_valid": _F,
-    "selectivity_test": _F,
-    "clean_error": _F,
-    "corrupted_error": _F,
-    "n_train": _I,
-    "n_valid": _I,
-    "n_test": _I,
-    "fit_seconds": _F,
-    "status": _STR,
-    "message": _STR,
-    # online-code MDL (probe "mdl", analyze.mdl): bits of the train labels, uniform code, their ratio
-    "mdl_codelength_bits": _F,
-    "mdl_uniform_bits": _F,
-    "mdl_compression": _F,
-}
+_STR = tables.STR  # pandas' default string dtype (round-trips through Parquet unchanged)
+_F = tables.FLOAT
+_I = tables.INT
+#: Column -> dtype, in table order (the columns are specified in :data:`analyze.tables.RESULTS`
+#: and storage_schema/RESULTS.md).
+COLUMNS: dict[str, str] = RESULTS.dtypes
 #: Best first (the order decides which duplicate row wins in :func:`finalize_frame`);
 #: ``degenerate_split``: fitted, but a split used for selection or reporting lacks
 #: classes present in train, or the test split is empty (:mod:`analyze.split_checks`).
-STATUSES = ("ok", "not_converged", "degenerate_split", "failed")
+STATUSES = RESULTS.statuses
 #: Message prefix of the failed rows of a block the store declares complete but that
 #: cannot be read (array missing, chunks lost): retried by every rerun, because the fix
 #: is to repair the store, not to change the analysis.
 UNREADABLE_BLOCK = "block unreadable: "
 PROBES = ("classifier", "control", "rcv", "rcv_ols", "model_output", "mdl")
 #: Columns whose value may change between two runs of the same analysis.
-NONDETERMINISTIC_COLUMNS = ("fit_seconds",)
+NONDETERMINISTIC_COLUMNS = RESULTS.nondeterministic
 
 
 def probe_id(run: str, checkpoint: str, layer: str, probe: str, target: str) -> str:
@@ -132,36 +99,13 @@ def make_row(**fields: Any) -> dict[str, Any]:
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows -> a DataFrame with exactly the schema's columns and dtypes."""
-    rows = list(rows)
-    data = {}
-    for col, dtype in COLUMNS.items():
-        values = [r.get(col) for r in rows]
-        if dtype == _F:
-            data[col] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        elif dtype == _I:
-            data[col] = np.array([-1 if v is None else v for v in values], dtype=np.int64)
-        else:
-            data[col] = pd.array(["" if v is None else str(v) for v in values], dtype=_STR)
-    return pd.DataFrame(data)
+    """Rows -> a DataFrame with exactly the schema's columns and dtypes (other keys ignored)."""
+    return tables.frame(({c: r.get(c) for c in COLUMNS} for r in rows), RESULTS)
 
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Cast a frame to the schema (missing columns filled, extra columns kept last)."""
-    df = df.copy()
-    for col, dtype in COLUMNS.items():
-        if col not in df:
-            df[col] = np.nan if dtype == _F else (-1 if dtype == _I else "")
-        if str(df[col].dtype) == dtype:
-            continue
-        if dtype == _STR:
-            df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
-        elif dtype == _I:
-            df[col] = pd.to_numeric(df[col]).fillna(-1).astype("int64")
-        else:
-            df[col] = pd.to_numeric(df[col]).astype("float64")
-    extra = [c for c in df.columns if c not in COLUMNS]
-    return df[list(COLUMNS) + extra]
+    return tables.conform(df, RESULTS)
 
 
 def finalize_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -203,15 +147,7 @@ def default_results_path(store: str | Path) -> Path:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The probestore metadata of a results Parquet file (``{}`` if it has none)."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise unreadable_table(path, exc) from None
-    raw = meta.get(METADATA_KEY)
+    raw = tables.schema_metadata(Path(path), RESULTS).get(METADATA_KEY)
     if raw is None:
         return {}
     try:
@@ -221,70 +157,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a results table (Parquet, or its CSV export) in the schema's dtypes."""
-    path = Path(path)
-    if path.suffix == ".csv":
-        strings = {c: str for c, d in COLUMNS.items() if d == _STR}
-        numbers = {c: ["", "nan", "NaN"] for c, d in COLUMNS.items() if d != _STR}
-        return conform(pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=numbers))
-    try:
-        return conform(pd.read_parquet(path))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise unreadable_table(path, exc) from None
-
-
-def unreadable_table(path: str | Path, exc: BaseException) -> StoreFormatError:
-    """A results table that exists but is no Parquet file (empty, truncated, overwritten).
-
-    Why a separate error: ``pyarrow`` says ``ArrowInvalid: Parquet magic bytes not found``,
-    which names neither the file nor what to do. Moving the file aside loses nothing
-    that a rerun does not recompute (the analysis resumes from its part files).
-    """
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    return StoreFormatError(
-        "the results table is not a readable Parquet file (empty, truncated or another format)",
-        where=str(path),
-        expected="a .parquet table written by `probestore analyze`",
-        got=f"{type(exc).__name__}: {first}",
-        fix=f"move it aside (mv {path} {path}.damaged) and rerun `probestore analyze` with the same -o, "
-            "which recomputes it, or pass another -o path",
-    )
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path, metadata: Mapping[str, Any]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    schema_meta = dict(table.schema.metadata or {})
-    schema_meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
-    table = table.replace_schema_metadata(schema_meta)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_text(write, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+    """Read a results table (Parquet, or its CSV export) with every schema column, in its dtype."""
+    return conform(tables.read_table(path, RESULTS))
 
 
 class ResultsWriter:
@@ -313,7 +187,7 @@ class ResultsWriter:
         self.metadata.setdefault("format", RESULTS_FORMAT)
         self.metadata.setdefault("version", RESULTS_VERSION)
         self.fingerprint = str(self.metadata["fingerprint"])
-        self._lock_fh: IO[str] | None = None
+        self._lock: HeldLock | None = None
         self._check_existing()
 
     # ------------------------------------------------------------------ checks and state
@@ -385,26 +259,21 @@ class ResultsWriter:
 
     def acquire(self) -> ResultsWriter:
         """Take the table's lock so that two analyses never write the same table."""
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.files["lock"], "a+")  # noqa: SIM115 - held until release()
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
+        lock = try_file_lock(self.files["lock"])
+        if lock is None:
             raise ConfigError(
                 "another analysis is writing this results table",
                 where=str(self.path),
                 fix="wait for it to finish, or write to another path with -o/--results",
-            ) from None
-        self._lock_fh = fh
+            )
+        self._lock = lock
         return self
 
     def release(self) -> None:
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> ResultsWriter:
         return self.acquire()
@@ -447,26 +316,27 @@ class ResultsWriter:
         if not meta.exists():
             ident = {"fingerprint": self.fingerprint, "settings": self.metadata.get("settings"),
                      "version": self.metadata.get("version", RESULTS_VERSION)}
-            _atomic_text(lambda p: p.write_text(json.dumps(ident, sort_keys=True, default=str)), meta)
+            atomic_write(meta, json.dumps(ident, sort_keys=True, default=str))
         ids = sorted(r["probe_id"] for r in rows)
         digest = hashlib.sha1(json.dumps([list(key), ids]).encode()).hexdigest()[:16]
         path = parts / f"part-{digest}.parquet"
-        _atomic_parquet(to_frame(rows), path, {"fingerprint": self.fingerprint})
+        tables.write_table(to_frame(rows), path, RESULTS, {METADATA_KEY: {"fingerprint": self.fingerprint}},
+                           csv=False)
         return path
 
     def finalize(self) -> pd.DataFrame:
         """Merge table + parts, write Parquet and CSV atomically, delete merged parts."""
         merged_parts = self._part_files()
         df = self.existing()
-        _atomic_parquet(df, self.files["table"], self.metadata)
-        _atomic_text(lambda p: df.to_csv(p, index=False), self.files["csv"])
+        tables.write_table(df, self.files["table"], RESULTS, {METADATA_KEY: self.metadata}, csv=False)
+        tables.write_table(df, self.files["csv"], RESULTS, csv=True)
         for part in merged_parts:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
         # Temporary files of processes killed mid-write: this one holds the table's lock,
         # so no live writer owns them (left in parts/, they would keep the folder).
         table, csv, parts = self.files["table"], self.files["csv"], self.files["parts"]
-        leftovers = [*table.parent.glob(f".{table.name}.*.tmp"), *csv.parent.glob(f".{csv.name}.*.tmp"),
+        leftovers = [*table.parent.glob(temp_name_pattern(table)), *csv.parent.glob(temp_name_pattern(csv)),
                      *parts.glob(".*.tmp")]
         merged_all = parts.is_dir() and not self._part_files()
         if merged_all:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage_schema.errors import DataError
+from analyze.tables import CKA
+from probestore.errors import DataError
 
 #: A reader of a block's rows ``[start, stop)`` of the chosen samples, as float64.
 ChunkReader = Callable[[int, int], np.ndarray]
@@ -227,9 +228,8 @@ def cka_from_terms(cross: float, mx: BlockMoments, my: BlockMoments) -> float:
 
 PAIR_KINDS = ("within-checkpoint", "across-checkpoints", "across-runs")
 SAMPLE_SETS = ("all", "test")
-#: Columns of the CKA table, in order.
-CKA_COLUMNS = ("run_a", "checkpoint_a", "epoch_a", "layer_a", "run_b", "checkpoint_b", "epoch_b", "layer_b",
-               "cka", "n_samples")
+#: Columns of the CKA table, in order (specified in :data:`analyze.tables.CKA` and storage_schema/RESULTS.md).
+CKA_COLUMNS = CKA.names
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ class CrossJob:
 
 
 def _pair_kinds(pairs: str) -> tuple[str, ...]:
-    from storage_schema.errors import ConfigError, did_you_mean
+    from probestore.errors import ConfigError, did_you_mean
 
     if pairs == "all":
         return PAIR_KINDS
@@ -286,7 +286,7 @@ def plan_pairs(store, *, runs=None, checkpoints=None, layers=None, pairs: str = 
     ``within-checkpoint``: every two layers of one (run, checkpoint);
     ``across-checkpoints``: every two checkpoints of one (run, layer);
     ``across-runs``: every two runs at the same checkpoint name and layer. Filters are
-    fnmatch pattern lists (None: all); only complete checkpoints and blocks count.
+    name / glob lists (:mod:`probestore.selectors`; None: all); only complete checkpoints and blocks count.
 
     Returns
     -------
@@ -296,12 +296,15 @@ def plan_pairs(store, *, runs=None, checkpoints=None, layers=None, pairs: str = 
 
     Raises
     ------
-    NotFoundError
-        A pattern that matches nothing (with a did-you-mean).
+    NoMatchError
+        A pattern that matches nothing (with a did-you-mean; a ConfigError).
     ConfigError
         An unknown pair kind.
     """
-    from analyze.jobs import _check_matched, _select
+    from probestore.selectors import check_matched, select
+
+    def hint(what: str) -> str:
+        return f"`probestore inspect {store.path}` lists the {what}"
 
     kinds = _pair_kinds(pairs)
     where = f"similarity of {store.path}"
@@ -310,24 +313,25 @@ def plan_pairs(store, *, runs=None, checkpoints=None, layers=None, pairs: str = 
     seen_l: set[str] = set()
     hit_c: set[str] = set()
     hit_l: set[str] = set()
-    for run in _select(store.runs(), runs, "run", f"{where} (--runs)"):
+    for run in select(store.runs(), runs, what="run", where=f"{where} (--runs)", hint=hint("runs")):
         ckpts = store.checkpoints(run)
         seen_c.update(c.name for c in ckpts)
-        chosen_c = _select([c.name for c in ckpts], checkpoints, "checkpoint", where, must_match=False)
+        chosen_c = select([c.name for c in ckpts], checkpoints, what="checkpoint", where=where, must_match=False)
         for ck in ckpts:
             if ck.name not in chosen_c:
                 continue
             hit_c.add(ck.name)
             feats = [b for b in store.blocks(run, ck.name) if b.kind == "features"]
             seen_l.update(b.name for b in feats)
-            chosen_l = _select([b.name for b in feats], layers, "layer", where, must_match=False)
+            chosen_l = select([b.name for b in feats], layers, what="layer", where=where, must_match=False)
             for i, b in enumerate(feats):
                 if b.name in chosen_l:
                     hit_l.add(b.name)
                     blocks.append(BlockRef(run, ck.name, -1 if ck.epoch is None else int(ck.epoch), b.name, i,
                                            int(b.n_features)))
-    _check_matched(checkpoints, seen_c, hit_c, "checkpoint", where)
-    _check_matched(layers, seen_l, hit_l, "layer", where)
+    check_matched(checkpoints, hit_c, seen_c, what="checkpoint", where=f"{where} (--checkpoints)",
+                  hint=hint("checkpoints"))
+    check_matched(layers, hit_l, seen_l, what="layer", where=f"{where} (--layers)", hint=hint("layers"))
     out = set()
     for i, a in enumerate(blocks):
         for j in range(i + 1, len(blocks)):
@@ -389,7 +393,7 @@ def run_similarity(store_path, out_path=None, *, runs=None, checkpoints=None, la
         The store (every worker must see it at this path).
     out_path : path, optional
         Write the table here (``.parquet``, or ``.csv``), atomically.
-    runs, checkpoints, layers : list of fnmatch patterns, optional
+    runs, checkpoints, layers : list of names or globs, optional
     pairs : str
         ``"all"`` or a comma-separated subset of :data:`PAIR_KINDS`.
     samples : {"all", "test"}
@@ -417,7 +421,8 @@ def run_similarity(store_path, out_path=None, *, runs=None, checkpoints=None, la
 
     from analyze.cluster import check_store_visible, open_executor
     from analyze.config import AnalysisConfig
-    from storage_schema.errors import ConfigError, NotFoundError, did_you_mean
+    from analyze.tables import conform, write_table
+    from probestore.errors import ConfigError, NotFoundError, did_you_mean
     from storage_schema.store import open_store
 
     config = config or AnalysisConfig()
@@ -465,43 +470,9 @@ def run_similarity(store_path, out_path=None, *, runs=None, checkpoints=None, la
         a, b = blocks[i], blocks[j]
         table.append((a.run, a.checkpoint, a.epoch, a.layer, b.run, b.checkpoint, b.epoch, b.layer,
                       results[(a.key, b.key)], n))
-    df = pd.DataFrame(table, columns=list(CKA_COLUMNS))
+    df = conform(pd.DataFrame(table, columns=list(CKA_COLUMNS)), CKA)
     df = df.sort_values(list(CKA_COLUMNS[:8])).reset_index(drop=True)
     if out_path is not None:
-        write_table(df, out_path)
+        write_table(df, out_path, CKA)
         log(f"similarity: {len(df)} pairs over {len(used)} blocks ({n} samples) -> {out_path}")
-    return df
-
-
-def write_table(df, path) -> None:
-    """Write a CKA table (Parquet, or CSV by suffix) via a temporary file and a rename."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() == ".csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def read_table(path):
-    """Read a CKA table written by :func:`run_similarity` (Parquet or CSV), checking its columns."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from storage_schema.errors import DataError, NotFoundError
-
-    path = Path(path)
-    if not path.exists():
-        raise NotFoundError("no CKA table here", where=str(path), fix="run `probestore similarity STORE -o PATH`")
-    df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    missing = [c for c in CKA_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError("not a CKA table", where=str(path), expected=", ".join(CKA_COLUMNS),
-                        got=f"missing {', '.join(missing)}", fix="pass the table written by `probestore similarity`")
     return df

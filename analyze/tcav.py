@@ -56,8 +56,6 @@ number of workers, whatever order the tasks finish in.
 
 from __future__ import annotations
 
-import os
-import uuid
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -66,13 +64,15 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, DataError, did_you_mean
+from analyze.tables import TCAV
+from probestore.errors import ConfigError, DataError
+from probestore.selectors import check_matched, select
+from storage_schema.layout import GRAD_ARRAY
 
 __all__ = ["TCAVOptions", "CAVFit", "fit_cavs", "tcav_scores", "tcav_test", "conexp",
            "rcv_sensitivity", "draw_random_sets", "TCAVBlock", "TCAVPlan", "tcav_block_task", "run_tcav",
            "write_table"]
 
-GRAD_ARRAY = "grad_own_logit"  # same name as extract.gradients.GRAD_ARRAY (no torch import here)
 SCORES = ("logit", "prob")
 
 
@@ -468,14 +468,10 @@ def draw_random_sets(pool: np.ndarray, n_sets: int, size: int, seed: int) -> lis
 # --------------------------------------------------------------------------- store side
 
 
-def _select(names: Sequence[str], wanted: Sequence[str] | None, what: str, where: str) -> list[str]:
-    if wanted is None:
-        return list(names)
-    for w in wanted:
-        if w not in names:
-            raise ConfigError(f"unknown {what} {w!r}", where=where, expected=list(names)[:20], got=repr(w),
-                              fix=did_you_mean(w, names) or "see `probestore inspect STORE`")
-    return [n for n in names if n in set(wanted)]
+def _select(store, names: Sequence[str], wanted: Sequence[str] | None, what: str, option: str) -> list[str]:
+    """``--concepts`` / ``--classes`` / ``--runs`` / ... of ``probestore tcav``: the one selector."""
+    return select(names, wanted, what=what, where=f"tcav of {store.path} ({option})",
+                  hint=f"`probestore inspect {store.path}` lists them")
 
 
 @dataclass
@@ -490,8 +486,8 @@ def _concepts(store, opts: TCAVOptions) -> list[_Concept]:
 
     sets = concept_sets(store, role="concept")
     binary = [t for t in store.target_names() if store.target_info(t).kind == "binary"]
-    names = _select(sets + [b for b in binary if b not in sets], opts.concepts, "concept",
-                    "tcav --concepts (concept sets and binary targets)")
+    names = _select(store, sets + [b for b in binary if b not in sets], opts.concepts,
+                    "concept (concept set or binary target)", "--concepts")
     out = []
     for name in names:
         if name in sets:
@@ -612,7 +608,7 @@ def run_tcav(store_path: str | Path, opts: TCAVOptions, *, config=None, client=N
     store_path : str or Path
         The store (every Dask worker must see it at this path).
     opts : TCAVOptions
-    config : AnalysisConfig, optional
+    config : ExecutionSettings, optional
         Where the tasks run (``scheduler``, ``n_workers``, ``host``, ...). None: in this
         process. A local cluster gets ``opts.threads`` BLAS threads per worker unless
         ``threads_per_worker`` says otherwise; each task caps its BLAS at
@@ -636,10 +632,10 @@ def run_tcav(store_path: str | Path, opts: TCAVOptions, *, config=None, client=N
     from threadpoolctl import threadpool_limits
 
     from analyze.cluster import check_store_visible, open_executor
-    from analyze.config import AnalysisConfig
+    from analyze.config import ExecutionSettings
 
     log = log or (lambda _msg: None)
-    config = config if config is not None else AnalysisConfig(scheduler="none")
+    config = config if config is not None else ExecutionSettings(scheduler="none")
     if config.threads_per_worker is None:
         config = config.replace(threads_per_worker=opts.threads)
     store_path = str(Path(store_path).resolve())
@@ -682,34 +678,38 @@ def _plan(store_path: str, opts: TCAVOptions):
         class_names = list(store.dataset.class_names)
         labels = store.labels()
         eval_rows = store.split_indices(opts.split)
-        classes = _select(class_names, opts.classes, "class", "tcav --classes")
+        classes = _select(store, class_names, opts.classes, "class", "--classes")
         class_ids = [class_names.index(c) for c in classes]
         concepts = _concepts(store, opts)
-        runs = _select(store.runs(), opts.runs, "run", "tcav --runs")
+        runs = _select(store, store.runs(), opts.runs, "run", "--runs")
         train_rows = store.split_indices("train")
         excluded = np.unique(np.concatenate([c.rows for c in concepts if c.rows is not None] or [np.zeros(0, int)]))
         pool = np.setdiff1d(train_rows, excluded)
         stored_random = {s: concept_set_rows(store, s) for s in concept_sets(store, role="random")}
         binary = [t for t in store.target_names() if store.target_info(t).kind == "binary"]
         continuous = [t for t in store.target_names() if store.target_info(t).kind == "continuous"]
-        rcv_targets = _select(continuous, opts.rcv_targets, "continuous target", "tcav --rcv-targets") \
+        rcv_targets = _select(store, continuous, opts.rcv_targets, "continuous target", "--rcv-targets") \
             if opts.rcv else []
         ckpts_of = {run: [c.name for c in store.checkpoints(run)] for run in runs}
         if opts.checkpoints is not None:
-            _select(sorted({c for cs in ckpts_of.values() for c in cs}), opts.checkpoints, "checkpoint",
-                    "tcav --checkpoints")
+            _select(store, sorted({c for cs in ckpts_of.values() for c in cs}), opts.checkpoints, "checkpoint",
+                    "--checkpoints")
         layout: list[tuple[tuple[str, str], list[TCAVBlock]]] = []
         conexp_rows: dict[tuple[str, str], list[dict]] = {}
         any_grad = False
+        seen_layers: set[str] = set()
+        hit_layers: set[str] = set()
         for run in runs:
             ckpts = ckpts_of[run]
-            for ckpt_name in ckpts if opts.checkpoints is None else [c for c in ckpts if c in opts.checkpoints]:
+            for ckpt_name in select(ckpts, opts.checkpoints, what="checkpoint", where="tcav --checkpoints",
+                                    must_match=False):
                 info = store.checkpoint_info(run, ckpt_name)
                 assert info is not None, "store.checkpoints lists registered checkpoints only"
                 layers = [b.name for b in store.layers(run, ckpt_name)]
-                layers = [m for m in (layers if opts.layers is None else
-                                      _select(layers, opts.layers, "layer", "tcav --layers"))
-                          if _has_grad(store, run, ckpt_name, m)]
+                seen_layers.update(layers)
+                layers = select(layers, opts.layers, what="layer", where="tcav --layers", must_match=False)
+                hit_layers.update(layers)
+                layers = [m for m in layers if _has_grad(store, run, ckpt_name, m)]
                 any_grad |= bool(layers)
                 work = concepts or rcv_targets
                 layout.append(((run, ckpt_name),
@@ -718,6 +718,9 @@ def _plan(store_path: str, opts: TCAVOptions):
                     base = {"run": run, "checkpoint": ckpt_name, "epoch": info.epoch}
                     conexp_rows[(run, ckpt_name)] = _conexp_rows(store, run, ckpt_name, binary, eval_rows,
                                                                  class_ids, class_names, opts, base)
+        # a pattern must match a layer of some selected checkpoint (as in analyze, similarity)
+        check_matched(opts.layers, hit_layers, seen_layers, what="layer", where=f"tcav of {store_path} (--layers)",
+                      hint=f"`probestore inspect {store_path}` lists the layers")
         if (concepts or rcv_targets) and not any_grad:
             raise ConfigError("no layer of the selected checkpoints has stored gradients",
                               where=str(store_path), expected=f"complete '{GRAD_ARRAY}' arrays",
@@ -831,11 +834,11 @@ def _read_sets(store, run, ckpt, layer, names, rows):
 def _lift_scale(store, run, ckpt, layer) -> float:
     """The factor that makes ``⟨grad_own_logit, v⟩`` the derivative per unit move of the
     reduced features along ``v`` (SCHEMA.md §6.1): derived from the layer's reduction by
-    :func:`~storage_schema.validate.lift_scale_for` (stores of schema < 1.2 recorded 1 for
+    :func:`~storage_schema.reductions.lift_scale_for` (stores of schema < 1.2 recorded 1 for
     ``project:K``), the recorded attribute only when the rule cannot decide.
     """
     from storage_schema.concept_sets import extra_attrs
-    from storage_schema.validate import lift_scale_for
+    from storage_schema.reductions import lift_scale_for
 
     attrs = extra_attrs(store, run, ckpt, layer, GRAD_ARRAY) or {}
     scale = lift_scale_for(attrs.get("reduction"))
@@ -904,47 +907,30 @@ def _conexp_rows(store, run, ckpt, binary, eval_rows, class_ids, class_names, op
     return out
 
 
-#: Version of the table's columns (Parquet metadata ``probestore.tcav_table``). 2: the
+#: Version of the table's columns (Parquet metadata ``probestore.table``; the columns are
+#: specified in :data:`analyze.tables.TCAV` and storage_schema/RESULTS.md). 2: the
 #: training ``cav_accuracy`` became ``cav_heldout_accuracy`` (+ ``cav_train_accuracy``),
 #: with ``n_random_excluded``; RCV ``score_mean`` is scaled by the new ``lift_scale``;
 #: Bonferroni on by default; ``status`` / ``message`` (an RCV that cannot be fitted is a
-#: failed row, never dropped).
-TABLE_VERSION = "2"
-COLUMNS = ("method", "run", "checkpoint", "epoch", "layer", "concept", "class_index", "class_name",
-           "n_samples", "n_concept", "repeats", "score_mean", "score_std", "random_mean", "random_std",
-           "t", "p_value", "effect_size", "alpha", "significant", "cav_heldout_accuracy", "cav_train_accuracy",
-           "n_random_excluded", "sign_fraction", "rcv_r2_test", "lift_scale", "conexp_score", "random_source",
-           "converged", "status", "message")
+#: failed row, never dropped). 2.1: every column has the spec's dtype whatever rows the
+#: table holds (counts are integers with nulls, ``significant`` / ``converged`` booleans).
+TABLE_VERSION = TCAV.version
+COLUMNS = TCAV.names
 #: ``status`` of a row: ``ok``, or ``failed`` (no number; ``message`` says why).
-STATUSES = ("ok", "failed")
+STATUSES = TCAV.statuses
+#: Parquet metadata key of the options that made the table.
+OPTIONS_KEY = b"probestore.tcav"
 
 
 def write_table(rows: list[dict], path: str | Path, opts: TCAVOptions) -> Path:
-    """Write the tidy table (Parquet, atomically; the options in the file metadata).
+    """Write the tidy table atomically: Parquet with the options in the file metadata, or
+    its CSV export when ``path`` ends in ``.csv``.
 
     One row per (method, run, checkpoint, layer, concept, class); columns not used by a
     method are null.
     """
-    import json
+    from analyze import tables
 
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
     defaults = {"status": "ok", "message": ""}
-    df = pd.DataFrame([{c: r.get(c, defaults.get(c)) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[b"probestore.tcav"] = json.dumps(asdict(opts), sort_keys=True, default=str).encode()
-    meta[b"probestore.tcav_table"] = json.dumps({"version": TABLE_VERSION}).encode()
-    table = table.replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    df = tables.frame(({c: r.get(c, defaults.get(c)) for c in COLUMNS} for r in rows), TCAV)
+    return tables.write_table(df, path, TCAV, {OPTIONS_KEY: asdict(opts)})

@@ -41,9 +41,10 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="PATH", help="table (.parquet; default: <store>.tcav.parquet)")
     p.add_argument("--concepts", metavar="NAMES", help="comma-separated concept sets / binary targets (default: all)")
     p.add_argument("--classes", metavar="NAMES", help="comma-separated class names (default: all)")
-    p.add_argument("--layers", metavar="NAMES", help="comma-separated layers (default: all with gradients)")
-    p.add_argument("--runs", metavar="NAMES")
-    p.add_argument("--checkpoints", metavar="NAMES")
+    p.add_argument("--layers", metavar="PATTERNS",
+                   help="comma-separated layer names or globs (default: all with gradients)")
+    p.add_argument("--runs", metavar="PATTERNS", help="comma-separated run names or globs (default: all)")
+    p.add_argument("--checkpoints", metavar="PATTERNS", help="comma-separated checkpoint names or globs")
     p.add_argument("--repeats", type=int, default=50, metavar="R", help="CAVs per concept and null CAVs (default 50)")
     p.add_argument("--random-size", type=int, default=50, metavar="N", help="examples per random set (default 50)")
     p.add_argument("--split", default="test", help="samples scored (default: test)")
@@ -68,7 +69,7 @@ def register(subparsers) -> None:
 
 
 def tcav_command(args: argparse.Namespace) -> int:
-    from analyze.config import AnalysisConfig
+    from analyze.config import ExecutionSettings
     from analyze.tcav import TCAVOptions, run_tcav, write_table
 
     opts = TCAVOptions(
@@ -80,7 +81,7 @@ def tcav_command(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("scheduler", "n_workers") if getattr(args, k, None) is not None}
     if overrides.get("n_workers") == 0:
         overrides.setdefault("scheduler", "none")
-    config = AnalysisConfig().replace(**overrides)
+    config = ExecutionSettings().replace(**overrides)
     store = Path(args.store)
     out = Path(args.output) if args.output else store.with_name(store.name + ".tcav.parquet")
     t0 = time.perf_counter()

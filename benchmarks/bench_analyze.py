@@ -244,11 +244,12 @@ def side_by_side(store_path: str, config: AnalysisConfig, n_blocks: int, layers:
         features = [j for j in plan.jobs if j.kind == "features"]
         run = max({j.run for j in features}, key=lambda r: (store.run_info(r).corruption_fraction, r))
         last = max((j for j in features if j.run == run), key=lambda j: j.epoch).checkpoint
-        import fnmatch
+        from probestore.selectors import parse_patterns, select
 
-        pats = layers.split(",") if layers else None
-        chosen = [j for j in features if j.run == run and j.checkpoint == last
-                  and (any(fnmatch.fnmatchcase(j.layer, q) for q in pats) if pats else j.layer != "input")]
+        mine = [j for j in features if j.run == run and j.checkpoint == last]
+        names = select([j.layer for j in mine], parse_patterns(layers), what="layer", where="--layers") \
+            if layers else [j.layer for j in mine if j.layer != "input"]
+        chosen = [j for j in mine if j.layer in names]
         jobs = sorted(chosen, key=lambda j: -j.n_features)[:n_blocks]
         arrays = {j.layer: np.asarray(store.read_layer(j.run, j.checkpoint, j.layer), dtype=np.float32)
                   for j in jobs}
@@ -338,7 +339,7 @@ def main(argv=None) -> int:
     p.add_argument("--store", help="a store written by `probestore extract` (default: generate one)")
     p.add_argument("--n", type=int, default=3000, help="samples of the generated store")
     p.add_argument("--blocks", type=int, default=1, help="blocks compared side by side (widest first)")
-    p.add_argument("--layers", help="fnmatch patterns of the side-by-side layers (default: all but 'input')")
+    p.add_argument("--layers", help="layer names or globs of the side-by-side layers (default: all but 'input')")
     p.add_argument("--Cs", type=int, default=7, help="classifier grid, logspace(-4, 2, N)")
     p.add_argument("--alphas", type=int, default=15, help="ridge grid, logspace(-3, 5, N)")
     p.add_argument("--tol", type=float, default=1e-4, help="gradient tolerance of both classifier solvers")

@@ -41,10 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.config import parse_config
 from extract.device import resolve_device
+from extract.loading import batch_loader
 from extract.pipeline import load_experiment
-from extract.runner import batch_loader, extract_checkpoint, plan_extraction
+from extract.runner import extract_checkpoint, plan_extraction
+from probestore.experiment import parse_config
 from storage_schema.store import create_store
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -40,9 +40,9 @@ def build_store(folder: Path, n_checkpoints: int, repeats: int) -> tuple[Path, f
     """Extract the DTD demo architecture with gradients and concept sets; return (store, seconds)."""
     import torch
 
-    from extract.config import parse_config
     from extract.models import build_model
     from extract.pipeline import load_experiment, run_extraction
+    from probestore.experiment import parse_config
 
     data = next((p for p in DTD_CANDIDATES if Path(p).is_dir()), None)
     if data is None:

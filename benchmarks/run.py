@@ -28,7 +28,7 @@ DEMO_STORE = ROOT / "demo-output" / "fashion_mlp.zarr"
 
 def _probestore(*args: str) -> None:
     exe = Path(sys.executable).with_name("probestore")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "storage_schema"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "probestore"]
     subprocess.run([*cmd, *args], check=True, cwd=ROOT)
 
 

@@ -19,8 +19,9 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+from probestore.experiment.document import read_experiment_table
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS = {
@@ -48,7 +49,7 @@ TCAV_ARGS: dict[str, list[str]] = {
 
 def probestore_command() -> list[str]:
     exe = Path(sys.executable).with_name("probestore")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "storage_schema"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "probestore"]
 
 
 def run_stage(label: str, args: list[str], timings: list[tuple[str, float]]) -> None:
@@ -70,8 +71,7 @@ BASELINE_ARGS = {"mlp": ["--layers", "input", "--checkpoints", "epoch_0000", "--
 
 def run_experiment(key: str, out: Path, timings: list[tuple[str, float]]) -> Path:
     config_path = EXPERIMENTS[key]
-    config = tomllib.loads(config_path.read_text())
-    store = config["experiment"]["store"]
+    store = str(read_experiment_table(config_path).store)  # the path `probestore extract` would use
     if not store.startswith(str(out)):
         # keep every output under --out
         store = str(out / Path(store).name)

@@ -20,7 +20,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ from typing import Any
 
 import torch
 
-from storage_schema.errors import CheckpointError, ConfigError, did_you_mean
+from probestore.atomic import atomic_write
+from probestore.errors import CheckpointError, ConfigError, did_you_mean
+from probestore.fields import check_keys, check_type
 from storage_schema.names import NAME_PATTERN, sanitize_name, validate_name
-from storage_schema.validation import check_keys, check_type
 
 #: A checkpoint / run name that is safe as a path component in every store backend.
 NAME_RE = NAME_PATTERN
@@ -460,14 +460,4 @@ def write_manifest(
                           got=sorted(clash), fix="rename them")
     text = json.dumps({"version": 1, "checkpoints": entries, **extra}, indent=2) + "\n"
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write(p, text)

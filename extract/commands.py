@@ -1,6 +1,6 @@
 """``probestore layers``, ``probestore train`` and ``probestore extract``.
 
-Registered by :mod:`storage_schema.cli`. Nothing heavy is imported here at module
+Registered by :mod:`probestore.cli`. Nothing heavy is imported here at module
 level (torch in particular is imported inside the handlers), so ``probestore --help``
 and the analysis commands work on a machine without the ``extract`` extra; there the
 handlers fail with one line saying how to install it.
@@ -13,11 +13,11 @@ import json
 import sys
 from typing import Any
 
-from storage_schema.errors import ConfigError
+from probestore.errors import ConfigError
 
 __all__ = ["register"]
 
-_CONFIG_HELP = "experiment TOML file (see `extract.config` for its tables)"
+_CONFIG_HELP = "experiment TOML file (see `probestore.experiment` for its tables)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "complete for the same inputs are skipped.\n\n"
                     "example:\n  probestore train experiments/mnist_mlp.toml --runs generalizing")
     p.add_argument("config", help=_CONFIG_HELP)
-    p.add_argument("--runs", help="comma-separated run names (default: all)")
+    p.add_argument("--runs", help="comma-separated run names or globs (default: all)")
     p.add_argument("--device", help="auto | cpu | cuda (overrides [training] device)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers (overrides the config)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "  probestore extract exp.toml --repair")
     p.add_argument("config", help=_CONFIG_HELP)
     p.add_argument("--store", help="store path (.zarr or .h5), overrides [experiment] store")
-    p.add_argument("--runs", help="comma-separated run names (default: all; give shards the same list)")
+    p.add_argument("--runs", help="comma-separated run names or globs (default: all; give shards the same list)")
     p.add_argument("--layers", help="comma-separated layer names / globs, overrides [extract] layers")
     p.add_argument("--device", help="auto | cpu | cuda, overrides [extract] device")
     p.add_argument("--batch-size", type=int, help="overrides [extract] batch_size (changes the config hash)")
@@ -152,7 +152,7 @@ def _parse_shape(text: str | None) -> tuple[int, int, int]:
 
 
 def _load(args: argparse.Namespace, **overrides: Any):
-    from extract.config import load_config
+    from probestore.experiment import load_config
 
     return load_config(args.config, overrides=overrides)
 

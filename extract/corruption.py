@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, DataError, did_you_mean
-from storage_schema.validation import check_range, check_type
+from probestore.errors import ConfigError, DataError, did_you_mean
+from probestore.experiment.runs import CORRUPTION_MODES
+from probestore.fields import check_range, check_type
 
-__all__ = ["CORRUPTION_MODES", "corrupt_labels"]
+__all__ = ["corrupt_labels"]
 
-CORRUPTION_MODES = ("uniform", "shuffle")
 _TRAIN = 0  # code of "train" in extract.splits.SPLIT_NAMES
 
 

@@ -1,7 +1,8 @@
 """Image datasets for probing: one spec (recorded in the store), one loader, four sources.
 
 A probing experiment must be reproducible from what the store records, so a dataset is
-described by a plain :class:`DatasetSpec` (kind, path, resize, channels, normalization,
+described by a plain :class:`~probestore.experiment.dataset.DatasetSpec` (the
+experiment file's ``[dataset]`` table: kind, path, resize, channels, normalization,
 subsample, seed) whose :meth:`DatasetSpec.to_dict` goes into the store, and every
 sample gets a *stable id* (``"t10k:000123"``, ``"banded/banded_0002.jpg"``,
 ``"digits:17"``) so that activations, concept measures and splits can be matched by id
@@ -25,20 +26,16 @@ then center-cropped, as torchvision's ``Resize`` + ``CenterCrop`` do; no distort
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, DataError, did_you_mean
-from storage_schema.validation import check_keys, check_range, check_type
+from probestore.errors import ConfigError, DataError
+from probestore.experiment.dataset import DatasetSpec
 
-__all__ = ["KINDS", "DatasetSpec", "ImageDataset", "load_dataset"]
+__all__ = ["ImageDataset", "load_dataset"]
 
-KINDS = ("idx", "imagefolder", "npz", "digits")
-SUBSETS = ("train", "test", "all")
-NORMALIZE_MODES = ("dataset", "explicit", "none")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 #: ImageFolder images are kept in memory once decoded when they fit in this many bytes.
 CACHE_LIMIT_BYTES = 2 * 1024**3
@@ -46,192 +43,6 @@ CACHE_LIMIT_BYTES = 2 * 1024**3
 #: this many seeded images (decoding a million JPEGs to normalize would dominate the run).
 NORM_MAX_IMAGES = 2000
 
-
-
-# --------------------------------------------------------------------------- spec
-
-
-@dataclass
-class DatasetSpec:
-    """What to load and how to transform it; everything here is recorded in the store.
-
-    Parameters
-    ----------
-    kind : {"idx", "imagefolder", "npz", "digits"}
-        ``idx``: a folder of MNIST-style ``<part>-images-idx3-ubyte[.gz]`` /
-        ``<part>-labels-idx1-ubyte[.gz]`` files (part ``train`` or ``t10k``).
-        ``imagefolder``: ``<path>/<class>/**/<image>``, classes sorted by name.
-        ``npz``: arrays ``images`` (N, H, W[, 3]) uint8 and ``labels``; optional
-        ``ids`` and ``class_names``. ``digits``: scikit-learn's bundled 8x8 digits.
-    path : str, optional
-        Folder (idx, imagefolder) or file (npz); must be omitted for digits.
-    name : str, optional
-        Dataset name in the store; derived from the path (and subset) when omitted.
-    subset : {"all", "train", "test"}
-        idx only: which part files to read. ``"all"`` reads every part present (the
-        shared MNIST folder has only ``t10k`` images) and records per-sample origin in
-        :attr:`ImageDataset.predefined_split`.
-    image_size : int or (int, int), optional
-        Target ``H x W`` (see the module docstring); required for imagefolder.
-    channels : {1, 3}, optional
-        Convert grey to RGB (replicate) or RGB to grey (ITU-R 601 luma, as PIL);
-        native when omitted.
-    normalize : {"dataset", "explicit", "none"}, optional
-        Per-channel standardization of the network input: statistics of this dataset,
-        the given ``mean``/``std`` (in [0, 1] pixel units), or none. Defaults to
-        ``"explicit"`` when ``mean`` is given, else ``"dataset"``.
-    mean, std : list of float, optional
-        One value per channel, for ``normalize = "explicit"``.
-    max_samples : int, optional
-        Keep a class-stratified, seeded subsample of this size (original order kept).
-    seed : int
-        Seed of the subsample (and of the normalization estimate on large folders).
-    class_names : list of str, optional
-        Names of the labels 0..K-1 when the files carry none (IDX files only store
-        integers: Fashion-MNIST's "T-shirt/top", "Trouser"... go here).
-    """
-
-    kind: str
-    path: str | None = None
-    name: str | None = None
-    subset: str = "all"
-    image_size: int | tuple[int, int] | None = None
-    channels: int | None = None
-    normalize: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    max_samples: int | None = None
-    seed: int = 0
-    class_names: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        self._validate("DatasetSpec")
-
-    def _validate(self, where: str) -> None:
-        kind = check_type(self.kind, str, where=f"{where}.kind")
-        if kind not in KINDS:
-            _bad_choice(f"{where}.kind", kind, KINDS)
-        if kind == "digits":
-            if self.path is not None:
-                raise ConfigError("digits takes no path", where=f"{where}.path", got=self.path,
-                                  fix="remove path (the digits are bundled with scikit-learn)")
-        elif self.path is None:
-            raise ConfigError(f"{kind} datasets need a path", where=f"{where}.path",
-                              fix="add path = \"/folder/or/file\"")
-        else:
-            self.path = str(check_type(self.path, (str, Path), where=f"{where}.path"))
-        check_type(self.subset, str, where=f"{where}.subset")
-        if self.subset not in SUBSETS:
-            _bad_choice(f"{where}.subset", self.subset, SUBSETS)
-        if self.subset != "all" and kind != "idx":
-            raise ConfigError("subset applies to idx datasets only", where=f"{where}.subset",
-                              got=self.subset, fix="remove subset")
-        if self.image_size is not None:
-            self.image_size = _check_size(self.image_size, f"{where}.image_size")
-        elif kind == "imagefolder":
-            raise ConfigError("imagefolder datasets need image_size", where=f"{where}.image_size",
-                              expected="an int or [H, W]",
-                              fix="add image_size = 64 (folder images differ in size)")
-        if self.channels is not None:
-            check_type(self.channels, int, where=f"{where}.channels")
-            if self.channels not in (1, 3):
-                _bad_choice(f"{where}.channels", self.channels, (1, 3))
-        self.mean = _check_stats(self.mean, f"{where}.mean", positive=False)
-        self.std = _check_stats(self.std, f"{where}.std", positive=True)
-        if self.normalize is None:
-            self.normalize = "explicit" if self.mean is not None else "dataset"
-        check_type(self.normalize, str, where=f"{where}.normalize")
-        if self.normalize not in NORMALIZE_MODES:
-            _bad_choice(f"{where}.normalize", self.normalize, NORMALIZE_MODES)
-        explicit = self.normalize == "explicit"
-        if explicit != (self.mean is not None) or explicit != (self.std is not None):
-            raise ConfigError("mean and std go together with normalize = \"explicit\"",
-                              where=f"{where}.normalize",
-                              got=f"normalize={self.normalize!r}, mean={self.mean}, std={self.std}",
-                              fix="give both mean and std and no other normalize, or neither")
-        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            raise ConfigError("mean and std differ in length", where=f"{where}.std",
-                              expected=len(self.mean), got=len(self.std))
-        if self.mean is not None and self.channels is not None and len(self.mean) != self.channels:
-            raise ConfigError("mean/std need one value per channel", where=f"{where}.mean",
-                              expected=self.channels, got=len(self.mean))
-        if self.max_samples is not None:
-            check_type(self.max_samples, int, where=f"{where}.max_samples")
-            check_range(self.max_samples, low=1, where=f"{where}.max_samples")
-        check_type(self.seed, int, where=f"{where}.seed")
-        check_range(self.seed, low=0, where=f"{where}.seed")
-        if self.class_names is not None:
-            check_type(self.class_names, (list, tuple), where=f"{where}.class_names")
-            for name in self.class_names:
-                check_type(name, str, where=f"{where}.class_names")
-            self.class_names = [str(c) for c in self.class_names]
-        if self.name is None:
-            self.name = _default_name(kind, self.path, self.subset)
-        check_type(self.name, str, where=f"{where}.name")
-
-    @property
-    def size_hw(self) -> tuple[int, int] | None:
-        """``image_size`` as ``(H, W)``, or None to keep the native size."""
-        return self.image_size  # type: ignore[return-value]  # normalized by _validate
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "dataset") -> DatasetSpec:
-        """Build from a config table, refusing unknown keys with a did-you-mean."""
-        fields = [f.name for f in dataclasses.fields(cls)]
-        check_keys(d, fields, where=where, required=("kind",))
-        try:
-            return cls(**d)
-        except ConfigError as exc:  # re-anchor the field path at the config's own location
-            raise ConfigError(exc.what, where=str(exc.where).replace("DatasetSpec", where, 1),
-                              expected=exc.expected, got=exc.got, fix=exc.fix) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy of every field (``from_dict(to_dict())`` round-trips)."""
-        d = dataclasses.asdict(self)
-        for key in ("image_size", "mean", "std"):
-            if d[key] is not None:
-                d[key] = list(d[key])
-        return d
-
-
-def _bad_choice(where: str, got: object, choices: tuple) -> None:
-    raise ConfigError("unknown value", where=where, expected="one of " + ", ".join(map(repr, choices)),
-                      got=repr(got), fix=did_you_mean(str(got), map(str, choices)) or None)
-
-
-def _check_size(value: Any, where: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    check_type(value, (list, tuple), where=where)
-    if len(value) != 2:
-        raise ConfigError("image_size needs one or two values", where=where,
-                          expected="an int or [H, W]", got=list(value))
-    for v in value:
-        check_type(v, int, where=where)
-        check_range(v, low=1, high=8192, where=where)
-    return (int(value[0]), int(value[1]))
-
-
-def _check_stats(value: Any, where: str, *, positive: bool) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    check_type(value, (list, tuple), where=where)
-    if len(value) not in (1, 3):
-        raise ConfigError("need one value per channel", where=where, expected="1 or 3 values",
-                          got=list(value))
-    for v in value:
-        check_type(v, (int, float), where=where)
-        if positive and not v > 0:
-            raise ConfigError("std must be positive", where=where, got=list(value))
-    return tuple(float(v) for v in value)
-
-
-def _default_name(kind: str, path: str | None, subset: str) -> str:
-    if kind == "digits":
-        return "digits"
-    p = Path(path)  # type: ignore[arg-type]
-    base = p.stem if kind == "npz" else p.name
-    return base + (f"-{subset}" if subset != "all" else "")
 
 
 # --------------------------------------------------------------------------- dataset

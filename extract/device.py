@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from storage_schema.errors import ConfigError
+from probestore.errors import ConfigError
 
 __all__ = ["resolve_device", "prepare_device", "autocast_context", "AMP_DTYPES"]
 

@@ -29,7 +29,7 @@ sensitivities of layers with different sizes and reductions are in the same unit
   so the scaled derivative approximates the minimum-norm one to ``O(√(K/D))``;
   signs (TCAV scores) never depend on the scale.
 
-The value comes from :func:`storage_schema.validate.lift_scale_for`, the one rule the
+The value comes from :func:`storage_schema.reductions.lift_scale_for`, the one rule the
 writer, the validator and ``analyze.tcav`` share.
 
 ``gmp`` (max pooling) is not linear: its "reduced gradient" would not satisfy the
@@ -53,17 +53,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from extract.config import INPUT_LAYER
+from extract.loading import batch_loader
 from extract.reductions import ReductionPlan, build_reducer
+from probestore.errors import ConfigError, DataError
+from probestore.experiment import INPUT_LAYER
 from storage_schema.concept_sets import extra_attrs, set_extra_attrs
-from storage_schema.errors import ConfigError, DataError
-from storage_schema.validate import lift_scale_for
+from storage_schema.layout import GRAD_ARRAY
+from storage_schema.reductions import LINEAR_REDUCTIONS, lift_scale_for
 
-__all__ = ["GRAD_ARRAY", "LINEAR_KINDS", "check_gradient_plan", "lift_scale", "gradient_attrs",
+__all__ = ["check_gradient_plan", "lift_scale", "gradient_attrs",
            "GradientExtractor", "extract_gradients", "gradients_complete"]
-
-GRAD_ARRAY = "grad_own_logit"
-LINEAR_KINDS = ("gap", "flatten", "random", "project")
 
 
 def check_gradient_plan(reductions: Mapping[str, ReductionPlan]) -> None:
@@ -74,12 +73,12 @@ def check_gradient_plan(reductions: Mapping[str, ReductionPlan]) -> None:
     ConfigError
         A layer reduced by ``gmp`` (or any non-linear reduction), naming the layers.
     """
-    bad = {n: p.kind for n, p in reductions.items() if p.kind not in LINEAR_KINDS}
+    bad = {n: p.kind for n, p in reductions.items() if p.kind not in LINEAR_REDUCTIONS}
     if bad:
         names = sorted(bad)
         raise ConfigError(
             f"gradients need linear reductions; {len(bad)} layer(s) use {sorted(set(bad.values()))}",
-            where="[extract] gradients = true", expected=f"reductions in {LINEAR_KINDS}",
+            where="[extract] gradients = true", expected=f"reductions in {LINEAR_REDUCTIONS}",
             got={n: bad[n] for n in names[:5]},
             fix="a max pool is not linear, so no stored gradient gives the derivative along a lifted "
                 "concept vector: use 'gap', 'random:K' or 'project:K' for these layers "
@@ -95,7 +94,7 @@ def lift_scale(plan: ReductionPlan) -> float:
     scale = lift_scale_for(plan.to_dict())
     if scale is None:  # check_gradient_plan refuses non-linear plans before this is asked
         raise ConfigError(f"no lift scale for reduction {plan.kind!r}", where=f"layer {plan.layer!r}",
-                          expected=f"one of {LINEAR_KINDS}", got=plan.kind)
+                          expected=f"one of {LINEAR_REDUCTIONS}", got=plan.kind)
     return scale
 
 
@@ -226,8 +225,6 @@ def extract_gradients(store, run: str, checkpoint: str, model: nn.Module, torch_
     DataError
         Non-finite gradients, a dataset of the wrong length.
     """
-    from extract.runner import batch_loader
-
     check_gradient_plan(reductions)
     t0 = time.perf_counter()
     n = store.n_samples

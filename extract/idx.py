@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 
 __all__ = ["IdxPart", "read_idx", "read_idx_folder"]
 

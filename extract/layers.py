@@ -14,7 +14,6 @@ would overwrite the tensor the hook saw.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from storage_schema.errors import ConfigError, DataError, did_you_mean
+from probestore.errors import ConfigError, DataError, did_you_mean
+from probestore.selectors import select
 
-_GLOB_CHARS = "*?["
 _HINT = "`probestore layers --model ...` lists them"
 #: ``<module>#<k>`` selects the k-th call (0-based) of a module that runs several times
 #: per forward pass, e.g. ``layer4.1.relu#1``: the second ReLU of a torchvision
@@ -182,7 +181,7 @@ def _calls_fix(d: LayerDescription) -> str:
 
 
 def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Resolve exact names and ``fnmatch`` globs to module names, in model order.
+    """Resolve exact names and globs (:func:`probestore.selectors.select`) to module names, in model order.
 
     Parameters
     ----------
@@ -212,11 +211,8 @@ def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         if not isinstance(pat, str) or not pat:
             raise ConfigError("layer pattern must be a non-empty string", where="layers",
                               got=repr(pat))
-        if pat in names:
-            chosen.add(pat)
-            continue
         module, call = split_call(pat)
-        if call is not None:
+        if call is not None and pat not in names:
             if module not in names:
                 close = did_you_mean(module, names, n=5)
                 raise ConfigError(f"layer {pat!r}: no module {module!r}", where="layers",
@@ -224,14 +220,8 @@ def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
                                   got=repr(pat), fix=(close + " " if close else "") + _HINT)
             chosen.add(pat)
             continue
-        hits = fnmatch.filter(names, pat) if any(c in pat for c in _GLOB_CHARS) else []
-        if not hits:
-            plain = pat.strip(_GLOB_CHARS) or pat
-            close = did_you_mean(plain, names, n=5)
-            raise ConfigError(f"layer pattern {pat!r} matches no module", where="layers",
-                              expected=f"a dotted module name of {type(model).__name__}",
-                              got=repr(pat), fix=(close + " " if close else "") + _HINT)
-        chosen.update(hits)
+        chosen.update(select(names, pat, what="layer", where=f"layers (modules of {type(model).__name__})",
+                             hint=_HINT))  # exact names and globs, as every --layers
     order = {n: i for i, n in enumerate(names)}
     return sorted(chosen, key=lambda n: (order[split_call(n)[0]], split_call(n)[1] or 0))
 

@@ -47,8 +47,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from storage_schema.errors import ConfigError, did_you_mean
-from storage_schema.validation import check_keys, check_type
+from probestore.errors import ConfigError, did_you_mean
+from probestore.fields import check_keys, check_type
 
 BUILTIN = ("mlp", "shallow_cnn", "ab_mnist_convnet")
 _PREFIXES = ("torchvision:", "factory:")

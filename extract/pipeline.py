@@ -15,7 +15,7 @@ fixed global order: runs in config order, checkpoints by epoch), which the store
 allows concurrently.
 
 Each checkpoint is written under its own writer lock
-(:func:`storage_schema.locking.writer_lock`), held from the first check of what is
+(:func:`probestore.locking.writer_lock`), held from the first check of what is
 missing to the completion marker. A second extraction of the same store started by
 mistake (or on purpose, without ``--shard``) therefore never writes a checkpoint that
 another process is writing: it extracts the free ones first, then waits for the held
@@ -39,9 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from extract.config import ExperimentConfig, RunSpec
 from extract.sample_types import add_sample_types
-from storage_schema.errors import (
+from probestore.errors import (
     CheckpointError,
     ConfigError,
     ProbestoreError,
@@ -49,7 +48,8 @@ from storage_schema.errors import (
     StoreFormatError,
     did_you_mean,
 )
-from storage_schema.locking import (
+from probestore.experiment import ExperimentConfig, RunSpec
+from probestore.locking import (
     Holder,
     LockHeldError,
     file_lock,
@@ -58,7 +58,6 @@ from storage_schema.locking import (
     writer_lock_path,
 )
 from storage_schema.names import validate_name
-from storage_schema.store import config_hash
 
 __all__ = [
     "Experiment",
@@ -245,7 +244,7 @@ def open_or_create_store(exp: Experiment, *, overwrite: bool = False, sharded: b
 
     cfg = exp.config
     content = _json_safe(cfg.content())
-    want = config_hash(content)
+    want = cfg.content_hash()  # = config_hash(content), the hash the store records
     path = cfg.store
     ds = exp.dataset
     exists = path.exists()
@@ -529,7 +528,7 @@ def add_concept_sets(store, exp: Experiment) -> dict[str, Any]:
             continue
         folder = Path(spec.folder or "")
         if not folder.is_dir():
-            from storage_schema.errors import NotFoundError
+            from probestore.errors import NotFoundError
 
             raise NotFoundError("concept set folder not found", where=where, got=str(folder),
                                 fix="create the folder of example images, or fix the path")

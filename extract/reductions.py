@@ -14,8 +14,11 @@ Alain & Bengio propose three ways out, all implemented here:
 plus ``flatten`` (keep everything, for small layers) and ``auto`` (``gap`` for 4-D
 outputs, ``flatten`` for 2-D ones).
 
-A reduction is described by a :class:`ReductionPlan` (pure numpy, JSON-able: this is what
-the store records) and executed by a ``torch.nn.Module`` from :func:`build_reducer`.
+The spec grammar (which strings exist, which kinds are linear) is a schema fact and
+lives in :mod:`storage_schema.reductions`, so that parsing an experiment file needs no
+torch. Here a reduction is planned as a :class:`ReductionPlan` (pure numpy, JSON-able:
+this is what the store records) and applied by a ``torch.nn.Module`` from
+:func:`build_reducer`.
 Every random choice is seeded from ``(seed, sha256(layer_name))``: the same layer gets
 the same features in every process, on every device, whatever other layers are tapped
 and in whichever order; two layers never share a stream.
@@ -31,10 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from storage_schema.errors import ConfigError, DataError, did_you_mean
+from probestore.errors import ConfigError, DataError
+from storage_schema.reductions import NEEDS_K, parse_reduction
 
-KINDS = ("gap", "gmp", "random", "project", "flatten", "auto")
-_NEEDS_K = ("random", "project")
 #: Largest projection matrix (in elements) we agree to generate: 2**28 float32 = 1 GiB.
 MAX_PROJECT_ELEMENTS = 2**28
 
@@ -50,48 +52,6 @@ def stable_hash(name: str) -> int:
 
 def _rng(seed: int, layer_name: str) -> np.random.Generator:
     return np.random.default_rng([seed, stable_hash(layer_name)])
-
-
-def parse_reduction(spec: str) -> tuple[str, int | None]:
-    """Split a reduction spec string into ``(kind, k)``.
-
-    Parameters
-    ----------
-    spec : str
-        One of ``"gap"``, ``"gmp"``, ``"flatten"``, ``"auto"``, ``"random:K"``,
-        ``"project:K"`` with K a positive integer.
-
-    Returns
-    -------
-    kind : str
-    k : int or None
-        None for the kinds that take no K.
-
-    Raises
-    ------
-    ConfigError
-        Unknown kind, missing / extra / non-integer K.
-    """
-    where = "reduction spec"
-    if not isinstance(spec, str):
-        raise ConfigError("wrong type", where=where, expected="str such as 'gap' or 'random:1000'",
-                          got=f"{type(spec).__name__} {spec!r}")
-    kind, sep, arg = spec.strip().partition(":")
-    kind = kind.strip().lower()
-    if kind not in KINDS:
-        raise ConfigError(f"unknown reduction {spec!r}", where=where,
-                          expected="gap, gmp, flatten, auto, random:K or project:K", got=spec,
-                          fix=did_you_mean(kind, KINDS) or "use one of the expected forms")
-    if kind not in _NEEDS_K:
-        if sep:
-            raise ConfigError(f"reduction {kind!r} takes no ':K' argument", where=where,
-                              got=spec, fix=f"write {kind!r}")
-        return kind, None
-    arg = arg.strip()
-    if not arg.isdigit() or int(arg) < 1:
-        raise ConfigError(f"reduction {kind!r} needs a positive integer K", where=where,
-                          expected=f"'{kind}:K', e.g. '{kind}:1000'", got=spec)
-    return kind, int(arg)
 
 
 @dataclass(eq=False)
@@ -149,7 +109,7 @@ class ReductionPlan:
         """Re-plan from :meth:`to_dict` output, checking stored indices against a fresh draw."""
         kind = d["kind"]
         params = d.get("params", {})
-        spec = f"{kind}:{params['k']}" if kind in _NEEDS_K else kind
+        spec = f"{kind}:{params['k']}" if kind in NEEDS_K else kind
         plan = plan_reduction(spec, d.get("layer", ""), tuple(d["source_shape"]),
                               seed=params.get("seed", 0), max_flatten_features=None,
                               indices=indices)
@@ -198,7 +158,7 @@ def plan_reduction(
     Parameters
     ----------
     spec : str
-        Reduction spec, see :func:`parse_reduction`.
+        Reduction spec, see :func:`storage_schema.reductions.parse_reduction`.
     layer_name : str
         Dotted module name; keys the random streams so that they depend on the layer,
         not on its position in the list of tapped layers.

@@ -28,15 +28,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from extract.config import INPUT_LAYER, ExtractOptions
 from extract.device import autocast_context, prepare_device
+from extract.gradients import check_gradient_plan
 from extract.layers import LayerTaps, check_calls, list_layers, select_layers, split_call
+from extract.loading import batch_loader
 from extract.reductions import ReductionPlan, build_reducer, plan_reduction
 from extract.writer import CheckpointWriter
+from probestore.errors import ConfigError, DataError, did_you_mean
+from probestore.experiment import INPUT_LAYER, ExtractOptions
+from probestore.selectors import matches
 from storage_schema import layout
-from storage_schema.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["ExtractionPlan", "plan_extraction", "BatchExtractor", "batch_loader",
+__all__ = ["ExtractionPlan", "plan_extraction", "BatchExtractor",
            "extract_checkpoint", "CheckpointStats", "extract_set_features"]
 
 
@@ -116,7 +119,7 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
     if pseudo_input:
         shapes[INPUT_LAYER] = tuple(int(s) for s in input_shape)
     for key in options.reductions:
-        if key not in layers and not any(_glob_match(n, key) for n in layers):
+        if key not in layers and not any(matches(n, key) for n in layers):
             raise ConfigError(f"reduction override {key!r} matches no selected layer",
                               where="extract.reductions", expected=layers[:10], got=repr(key),
                               fix=did_you_mean(key, layers) or "select the layer in extract.layers, "
@@ -133,8 +136,6 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
                                      max_flatten_features=options.max_flatten_features,
                                      indices=stored)
     if options.gradients:  # before any work: a max pool has no meaningful reduced gradient
-        from extract.gradients import check_gradient_plan
-
         check_gradient_plan(plans)
     n_outputs = _output_width(model, input_shape, device)
     return ExtractionPlan(layers, plans, n_outputs, {n: tuple(shapes[n]) for n in layers})
@@ -153,10 +154,6 @@ def _input_auto(shape: Sequence[int], limit: int) -> str:
     return "flatten" if n <= limit else f"random:{limit}"
 
 
-def _glob_match(name: str, pattern: str) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 def _output_width(model: nn.Module, input_shape: Sequence[int], device) -> int:
@@ -244,24 +241,6 @@ def to_host(blocks: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         out[n] = flat[:, col:col + t.shape[1]]
         col += t.shape[1]
     return out
-
-
-def batch_loader(torch_dataset, start: int, batch_size: int, *, device: torch.device,
-                 num_workers: int = 0):
-    """DataLoader over rows ``[start, n)`` in order, batches aligned on ``start``.
-
-    ``start`` must be a multiple of ``batch_size`` so that batches are always rows
-    ``[k * batch_size, (k + 1) * batch_size)``, whatever row a resumed run starts at.
-    """
-    from torch.utils.data import DataLoader, Subset
-
-    if start % batch_size:
-        raise ValueError(f"start row {start} is not a multiple of the batch size {batch_size}")
-    n = len(torch_dataset)
-    subset = Subset(torch_dataset, range(start, n))
-    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", drop_last=False,
-                      persistent_workers=False)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from storage_schema.errors import ConfigError
+from probestore.errors import ConfigError
 
 #: Largest side of the area-mean grid the raw images are reduced to before clustering.
 GRID = 8

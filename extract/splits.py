@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, DataError
-from storage_schema.validation import check_keys, check_range, check_type
+from probestore.errors import ConfigError, DataError
+from probestore.fields import check_keys, check_range, check_type
 
 __all__ = ["SPLIT_NAMES", "SPLIT_CODES", "assign_splits"]
 

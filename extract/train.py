@@ -33,13 +33,11 @@ On GPU, cuDNN kernels may be nondeterministic.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,115 +48,16 @@ from torch.utils.data import DataLoader, Subset
 
 from extract.checkpoints import CheckpointRef, sha256_file, write_manifest
 from extract.datasets import ImageDataset
-from storage_schema.errors import ConfigError, DataError, did_you_mean
+from probestore.atomic import atomic_write
+from probestore.errors import ConfigError, DataError
+from probestore.experiment.training import TrainConfig
 from storage_schema.names import validate_name
-from storage_schema.validation import check_keys, check_range, check_type
 
-__all__ = ["TrainConfig", "train_model", "checkpoint_name"]
+__all__ = ["train_model", "checkpoint_name"]
 
 MANIFEST = "manifest.json"
-OPTIMIZERS = ("sgd", "adam")
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("none", "bf16", "fp16")
 #: Config fields that change where/how fast a run goes, not what it computes.
 _NOT_FINGERPRINTED = ("device", "num_workers")
-
-
-@dataclass
-class TrainConfig:
-    """Optimization settings of one run (recorded in the manifest).
-
-    Parameters
-    ----------
-    epochs : int
-        Passes over the training split (0 saves only the random initialization).
-    batch_size : int
-    lr : float
-        0.01 is the papers' SGD learning rate (also their Adam one).
-    optimizer : {"sgd", "adam"}
-    momentum : float
-        SGD only.
-    weight_decay : float
-    save_epochs : list of int or "all"
-        Epochs whose weights are saved; epoch 0 (random network) and the last epoch are
-        always saved. 0 <= epoch <= ``epochs``.
-    seed : int
-        Shuffling and any randomness inside the model (dropout).
-    device : {"auto", "cpu", "cuda"}
-        ``"auto"`` takes the GPU when there is one.
-    num_workers : int
-        DataLoader worker processes (0 loads in the main process).
-    amp : {"none", "bf16", "fp16"}
-        Mixed-precision autocast of the forward pass (fp16 adds loss scaling on CUDA).
-    """
-
-    epochs: int
-    batch_size: int = 128
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    save_epochs: list[int] | str = field(default="all")
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    amp: str = "none"
-
-    def __post_init__(self) -> None:
-        self._validate("TrainConfig")
-
-    def _validate(self, where: str) -> None:
-        for name in ("epochs", "batch_size", "seed", "num_workers"):
-            check_type(getattr(self, name), int, where=f"{where}.{name}")
-        check_range(self.epochs, low=0, where=f"{where}.epochs")
-        check_range(self.batch_size, low=1, where=f"{where}.batch_size")
-        check_range(self.seed, low=0, where=f"{where}.seed")
-        check_range(self.num_workers, low=0, where=f"{where}.num_workers")
-        for name in ("lr", "momentum", "weight_decay"):
-            check_type(getattr(self, name), (int, float), where=f"{where}.{name}")
-            setattr(self, name, float(getattr(self, name)))
-        if not self.lr > 0:
-            raise ConfigError("lr must be positive", where=f"{where}.lr", got=self.lr)
-        check_range(self.momentum, low=0, high=1, where=f"{where}.momentum")
-        check_range(self.weight_decay, low=0, where=f"{where}.weight_decay")
-        for name, choices in (("optimizer", OPTIMIZERS), ("device", DEVICES), ("amp", AMP_MODES)):
-            value = check_type(getattr(self, name), str, where=f"{where}.{name}")
-            if value not in choices:
-                raise ConfigError("unknown value", where=f"{where}.{name}",
-                                  expected="one of " + ", ".join(map(repr, choices)),
-                                  got=repr(value), fix=did_you_mean(value, choices) or None)
-        if isinstance(self.save_epochs, str):
-            if self.save_epochs != "all":
-                raise ConfigError("unknown value", where=f"{where}.save_epochs",
-                                  expected='"all" or a list of epochs', got=repr(self.save_epochs))
-        else:
-            check_type(self.save_epochs, (list, tuple), where=f"{where}.save_epochs")
-            for e in self.save_epochs:
-                check_type(e, int, where=f"{where}.save_epochs")
-                check_range(e, low=0, high=self.epochs, where=f"{where}.save_epochs")
-            self.save_epochs = sorted(set(self.save_epochs))
-
-    def epochs_to_save(self) -> list[int]:
-        """Sorted epochs that get a checkpoint (always 0 and the last)."""
-        chosen = range(self.epochs + 1) if self.save_epochs == "all" else self.save_epochs
-        return sorted({0, self.epochs, *chosen})
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "train") -> TrainConfig:
-        """Build from a config table, refusing unknown keys with a did-you-mean."""
-        check_keys(d, [f.name for f in dataclasses.fields(cls)], where=where, required=("epochs",))
-        try:
-            return cls(**d)
-        except ConfigError as exc:
-            raise ConfigError(exc.what, where=str(exc.where).replace("TrainConfig", where, 1),
-                              expected=exc.expected, got=exc.got, fix=exc.fix) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy of every field (``from_dict(to_dict())`` round-trips)."""
-        d = dataclasses.asdict(self)
-        if not isinstance(d["save_epochs"], str):
-            d["save_epochs"] = list(d["save_epochs"])
-        return d
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -247,16 +146,7 @@ def _existing_run(manifest: Path, fingerprint: str) -> bool:
 def _save_state(model: nn.Module, path: Path) -> None:
     """Write a CPU state dict to ``path`` atomically (temporary name, fsync, rename)."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _loader(dataset, indices: np.ndarray, batch_size: int, config: TrainConfig,
@@ -359,40 +249,20 @@ def train_model(
     train_loader = _loader(tds, train_idx, config.batch_size, config, device, shuffle)
     eval_loader = _loader(tds, eval_idx, max(config.batch_size, 256), config, device, None)
     model.to(device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
+    autocast = _autocast_for(device, config.amp)
     _check_output_size(model, tds, train_idx, len(dataset.class_names), device, autocast)
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to work
     dataset.preload()  # folder images decoded once here, shared by the DataLoader workers
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16" and device.type == "cuda")
-    opt: torch.optim.Optimizer
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = _optimizer(model, config)
     targets = torch.as_tensor(labels, device=device)
-    true = dataset.labels
     masks = {"clean": (splits == 0) & ~corrupted, "corrupted": corrupted, "valid": splits == 1}
 
     def evaluate(epoch: int, step: int, loss: float | None, seconds: float) -> dict[str, Any]:
         pred = _predict(model, eval_loader, device, autocast)
-        entry = {
-            "epoch": epoch, "step": step, "train_loss": loss,
-            "clean_acc": _accuracy(pred, labels, masks["clean"]),
-            "corrupted_acc": _accuracy(pred, labels, masks["corrupted"]),
-            "corrupted_true_acc": _accuracy(pred, true, masks["corrupted"]),
-            "valid_acc": _accuracy(pred, true, masks["valid"]),
-            "seconds": round(seconds, 3),
-        }
+        entry = _log_entry(pred, labels, dataset.labels, masks, epoch=epoch, step=step, loss=loss, seconds=seconds)
         if progress:
-            print(f"[{run_name}] epoch {epoch:4d}/{config.epochs} step {step:7d} loss "
-                  f"{'   -  ' if loss is None else f'{loss:.4f}'} clean {_fmt(entry['clean_acc'])}"
-                  f" corrupted {_fmt(entry['corrupted_acc'])} (true {_fmt(entry['corrupted_true_acc'])})"
-                  f" valid {_fmt(entry['valid_acc'])} {seconds:.1f}s", flush=True)
+            _print_entry(run_name, config.epochs, entry, seconds)
         return entry
 
     to_save = set(config.epochs_to_save())
@@ -408,22 +278,8 @@ def train_model(
     step = 0
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        model.train()
-        total, count = torch.zeros((), device=device), 0
-        for x, idx in train_loader:
-            x = x.to(device, non_blocking=True)
-            y = targets[idx.to(device, non_blocking=True)]
-            with autocast():
-                logits = model(x)
-            loss = nn.functional.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            total += loss.detach() * len(y)
-            count += len(y)
-        mean_loss = float(total) / count
+        mean_loss, batches = _train_epoch(model, train_loader, targets, opt, scaler, device, autocast)
+        step += batches
         if not np.isfinite(mean_loss):
             raise DataError("training diverged (loss is not finite)", where=f"run {run_name!r}",
                             got=f"loss {mean_loss} at epoch {epoch}",
@@ -446,6 +302,74 @@ def train_model(
         "log": log,
     }
     return write_manifest(manifest, refs, extra=extra)
+
+
+def _autocast_for(device: torch.device, amp: str):
+    """A factory of the autocast context of ``amp`` ("bf16", "fp16"; anything else: disabled)."""
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    return autocast
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam over every parameter, with the config's weight decay."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _train_epoch(model: nn.Module, train_loader, targets: torch.Tensor, opt: torch.optim.Optimizer, scaler,
+                 device: torch.device, autocast) -> tuple[float, int]:
+    """One pass over the train split: the mean training loss and the number of optimizer steps.
+
+    The loss is summed on the device and read once at the end (no sync per batch).
+    """
+    model.train()
+    total, count, steps = torch.zeros((), device=device), 0, 0
+    for x, idx in train_loader:
+        x = x.to(device, non_blocking=True)
+        y = targets[idx.to(device, non_blocking=True)]
+        with autocast():
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        steps += 1
+        total += loss.detach() * len(y)
+        count += len(y)
+    return float(total) / count, steps
+
+
+def _log_entry(pred: np.ndarray, labels: np.ndarray, true: np.ndarray, masks: dict[str, np.ndarray], *,
+               epoch: int, step: int, loss: float | None, seconds: float) -> dict[str, Any]:
+    """One line of the manifest's training log: accuracies on clean, corrupted and valid samples.
+
+    ``corrupted_acc`` scores the corrupted labels the network was trained on (memorization);
+    ``corrupted_true_acc`` the true labels of the same samples (generalization despite them).
+    """
+    return {
+        "epoch": epoch, "step": step, "train_loss": loss,
+        "clean_acc": _accuracy(pred, labels, masks["clean"]),
+        "corrupted_acc": _accuracy(pred, labels, masks["corrupted"]),
+        "corrupted_true_acc": _accuracy(pred, true, masks["corrupted"]),
+        "valid_acc": _accuracy(pred, true, masks["valid"]),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _print_entry(run_name: str, epochs: int, entry: dict[str, Any], seconds: float) -> None:
+    """The progress line of one epoch (``seconds`` unrounded, as measured)."""
+    loss = entry["train_loss"]
+    print(f"[{run_name}] epoch {entry['epoch']:4d}/{epochs} step {entry['step']:7d} loss "
+          f"{'   -  ' if loss is None else f'{loss:.4f}'} clean {_fmt(entry['clean_acc'])}"
+          f" corrupted {_fmt(entry['corrupted_acc'])} (true {_fmt(entry['corrupted_true_acc'])})"
+          f" valid {_fmt(entry['valid_acc'])} {seconds:.1f}s", flush=True)
 
 
 def _check_output_size(model, tds, train_idx, n_classes, device, autocast) -> None:

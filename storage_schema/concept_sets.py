@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from probestore.errors import ConfigError, DataError, NotFoundError, StoreFormatError
 from storage_schema import layout
-from storage_schema.errors import ConfigError, DataError, NotFoundError, StoreFormatError
 from storage_schema.metadata import require_fields
 from storage_schema.names import validate_name
 
@@ -40,6 +40,8 @@ __all__ = [
     "add_concept_set",
     "concept_sets",
     "concept_set_info",
+    "concept_set_rows",
+    "concept_set_ids",
     "concept_set_block_node",
     "create_concept_block",
     "write_concept_features",
@@ -187,7 +189,7 @@ def concept_set_info(store, name: str) -> ConceptSetMeta:
     node = _set_node(name)
     backend = store.backend
     if backend.node_kind(node) != "group" or "kind" not in backend.get_attrs(node):
-        from storage_schema.errors import did_you_mean
+        from probestore.errors import did_you_mean
 
         known = concept_sets(store)
         raise NotFoundError(f"unknown concept set {name!r}", where=str(store.path),
@@ -207,6 +209,11 @@ def concept_set_rows(store, name: str) -> np.ndarray | None:
 
 
 def concept_set_ids(store, name: str) -> np.ndarray:
+    """Sample ids of a set's examples (file names for an external set, dataset ids otherwise).
+
+    TCAV compares external examples by these ids: two random sets drawn from one folder
+    share an example exactly when they share an id (NotFoundError for an unknown set).
+    """
     concept_set_info(store, name)
     return store.backend.read(f"{_set_node(name)}/sample_id")
 

@@ -20,6 +20,8 @@ ARCHITECTURES = "architectures"
 OUTPUTS = "outputs"  # block name of the model outputs inside a checkpoint
 FEATURES_ARRAY = "features"
 LOGITS_ARRAY = "logits"
+#: Schema 1.1 (§6.1), OPTIONAL: per-layer gradient of the own-class logit, beside ``features``.
+GRAD_ARRAY = "grad_own_logit"
 
 # Uncompressed bytes per chunk: whole-layer reads want few, large chunks; resumable
 # writes want them small enough that a crash loses little. 4 MiB sits in the 1-16 MB

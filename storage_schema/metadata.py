@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage_schema.errors import StoreFormatError
+from probestore.errors import StoreFormatError
 
 _NUM = (int, float)
 _OPT_INT = (int, type(None))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from storage_schema.errors import InvalidNameError
+from probestore.errors import InvalidNameError
 
 # Dots are allowed because PyTorch module names are dotted ("layer1.0.relu"), "#"
 # because one call of a module run several times per forward is stored as

@@ -23,10 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from storage_schema import layout
-from storage_schema.backends import COMPRESSIONS, Backend, backend_for
-from storage_schema.backends.base import REPAIR_FIX
-from storage_schema.errors import (
+from probestore.errors import (
     ConfigError,
     DataError,
     FingerprintMismatchError,
@@ -34,6 +31,9 @@ from storage_schema.errors import (
     StoreFormatError,
     did_you_mean,
 )
+from storage_schema import layout
+from storage_schema.backends import COMPRESSIONS, Backend, backend_for
+from storage_schema.backends.base import REPAIR_FIX
 from storage_schema.fingerprint import dataset_fingerprint
 from storage_schema.metadata import (
     BLOCK_KINDS,

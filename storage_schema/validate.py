@@ -35,17 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from probestore.errors import ProbestoreError
 from storage_schema import layout
 from storage_schema.concept_sets import CONCEPT_SETS, SET_KINDS
-from storage_schema.errors import ProbestoreError
 from storage_schema.fingerprint import dataset_fingerprint
 from storage_schema.metadata import BLOCK_KINDS, TARGET_KINDS, check_fields
 from storage_schema.names import is_valid_name
+from storage_schema.reductions import LINEAR_REDUCTIONS, lift_scale_for
 from storage_schema.version import SCHEMA_VERSION, parse_version
 
-GRAD_ARRAY = "grad_own_logit"  # extract.gradients.GRAD_ARRAY (no torch import here)
-#: Reductions with a matrix ``R`` (SCHEMA.md §6.1); ``gmp`` is not linear.
-LINEAR_REDUCTIONS = ("flatten", "none", "random", "project", "gap")
 SET_ROLES = ("concept", "random")
 #: The first version with the optional nodes of §6.1 and §10.
 NODES_1_1 = (1, 1)
@@ -67,18 +65,38 @@ def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[
     except ProbestoreError as exc:
         return [str(exc)]
     problems: list[str] = _links_leaving(store.backend.path)
-    backend = store.backend
     allow_extra = store.schema_version > parse_version(SCHEMA_VERSION, "")
+    _check_samples(store, problems)
+    problems.extend(_sample_type_problems(store))
+    _check_targets(store, allow_extra, problems)
+    _check_architectures(store, allow_extra, problems)
+    sets: dict[str, dict[str, Any]] = {}
+    with _collect(problems):
+        sets = _validate_concept_sets(store, allow_extra, problems)
+    seen_1_1: list[str] = []  # gradient arrays found (a 1.0 store must not hold any)
+    _check_runs(store, allow_extra, sets, seen_1_1, problems)
+    if store.schema_version < NODES_1_1 and (sets or seen_1_1):
+        found = (["concept_sets"] if sets else []) + seen_1_1[:2]
+        problems.append(f"/: schema_version '{'.'.join(map(str, store.schema_version))}' with schema-1.1 "
+                        f"nodes, expected '{'.'.join(map(str, NODES_1_1))}' (SCHEMA.md §2), got {', '.join(found)}")
+    if warnings is not None:
+        with _collect(problems):
+            warnings.extend(split_warnings(store))
+    return list(dict.fromkeys(problems))  # a damaged node met twice is listed once
+
+
+def _valid_children(backend, node: str, kind: str, problems: list[str]) -> list[str]:
+    """The child groups of ``node`` with valid names; every invalid child name is a problem."""
+    groups, arrays = _children(backend, node, problems)
+    for name in groups + arrays:
+        if not is_valid_name(name):
+            problems.append(f"{node}/{name}: invalid {kind} name {name!r}")
+    return [g for g in groups if is_valid_name(g)]
+
+
+def _check_samples(store, problems: list[str]) -> None:
+    """Sample ids unique, the fingerprint theirs, split codes and labels in range."""
     n = store.n_samples
-
-    def check_node_names(node: str, kind: str) -> list[str]:
-        groups, arrays = _children(backend, node, problems)
-        for name in groups + arrays:
-            if not is_valid_name(name):
-                problems.append(f"{node}/{name}: invalid {kind} name {name!r}")
-        return [g for g in groups if is_valid_name(g)]
-
-    # --- samples and fingerprint
     try:
         ids, labels, splits = store.sample_ids(), store.labels(), store.splits()
         if len(set(ids.tolist())) != n:
@@ -91,9 +109,11 @@ def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[
             problems.append(f"{layout.SAMPLE_LABEL}: labels out of range of class_names")
     except ProbestoreError as exc:
         problems.append(str(exc))
-    problems.extend(_sample_type_problems(store))
 
-    # --- targets
+
+def _check_targets(store, allow_extra: bool, problems: list[str]) -> None:
+    """Each concept target: a valid name, its attributes and kind, one value per sample."""
+    backend, n = store.backend, store.n_samples
     for name in _children(backend, layout.TARGETS, problems)[1]:
         with _collect(problems):
             node = f"{layout.TARGETS}/{name}"
@@ -108,9 +128,12 @@ def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[
             if shape != (n,):
                 problems.append(f"{node}: shape {shape}, expected ({n},)")
 
-    # --- architectures (shared random indices)
-    for arch in check_node_names(layout.ARCHITECTURES, "architecture"):
-        for layer in check_node_names(f"{layout.ARCHITECTURES}/{arch}", "layer"):
+
+def _check_architectures(store, allow_extra: bool, problems: list[str]) -> None:
+    """The random-projection indices shared per architecture and layer (attributes and array)."""
+    backend = store.backend
+    for arch in _valid_children(backend, layout.ARCHITECTURES, "architecture", problems):
+        for layer in _valid_children(backend, f"{layout.ARCHITECTURES}/{arch}", "layer", problems):
             node = f"{layout.ARCHITECTURES}/{arch}/{layer}"
             with _collect(problems):
                 problems.extend(check_fields("reduction_indices", backend.get_attrs(node), node,
@@ -118,14 +141,15 @@ def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[
                 if backend.node_kind(f"{node}/indices") != "array":
                     problems.append(f"{node}: missing indices array")
 
-    # --- concept example sets (schema 1.1, §10)
-    sets: dict[str, dict[str, Any]] = {}
-    with _collect(problems):
-        sets = _validate_concept_sets(store, allow_extra, problems)
-    seen_1_1: list[str] = []  # gradient arrays found (a 1.0 store must not hold any)
 
-    # --- runs, checkpoints, blocks
-    for run in check_node_names(layout.RUNS, "run"):
+def _check_runs(store, allow_extra: bool, sets: dict[str, dict[str, Any]], seen_1_1: list[str],
+                problems: list[str]) -> None:
+    """Each run's attributes and label arrays, then each of its checkpoints and their blocks.
+
+    Gradient arrays met on the way are appended to ``seen_1_1`` (a 1.0 store must hold none).
+    """
+    backend, n = store.backend, store.n_samples
+    for run in _valid_children(backend, layout.RUNS, "run", problems):
         with _collect(problems):
             node = f"{layout.RUNS}/{run}"
             attrs = backend.get_attrs(node)
@@ -142,18 +166,10 @@ def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[
             if backend.node_kind(f"{node}/checkpoints") != "group":
                 problems.append(f"{node}: missing group checkpoints")
                 continue
-            for ckpt in check_node_names(f"{node}/checkpoints", "checkpoint"):
+            for ckpt in _valid_children(backend, f"{node}/checkpoints", "checkpoint", problems):
                 with _collect(problems):
                     problems.extend(_validate_checkpoint(store, run, ckpt, allow_extra, sets, seen_1_1))
                     problems.extend(_logits_width_problems(store, node, ckpt, attrs))
-    if store.schema_version < NODES_1_1 and (sets or seen_1_1):
-        found = (["concept_sets"] if sets else []) + seen_1_1[:2]
-        problems.append(f"/: schema_version '{'.'.join(map(str, store.schema_version))}' with schema-1.1 "
-                        f"nodes, expected '{'.'.join(map(str, NODES_1_1))}' (SCHEMA.md §2), got {', '.join(found)}")
-    if warnings is not None:
-        with _collect(problems):
-            warnings.extend(split_warnings(store))
-    return list(dict.fromkeys(problems))  # a damaged node met twice is listed once
 
 
 def _sample_type_problems(store) -> list[str]:
@@ -264,9 +280,9 @@ def _validate_extras(store, group: str, battrs: dict[str, Any], chunk_rows: int,
     n = store.n_samples
     problems: list[str] = []
     groups, arrays = backend.list_children(group)
-    if GRAD_ARRAY in groups:
-        seen_1_1.append(f"{group}/{GRAD_ARRAY}")
-        problems.append(f"{group}/{GRAD_ARRAY}: node kind group, expected an array [n, n_features]")
+    if layout.GRAD_ARRAY in groups:
+        seen_1_1.append(f"{group}/{layout.GRAD_ARRAY}")
+        problems.append(f"{group}/{layout.GRAD_ARRAY}: node kind group, expected an array [n, n_features]")
     for name in arrays:
         if name == layout.FEATURES_ARRAY:
             continue
@@ -276,42 +292,11 @@ def _validate_extras(store, group: str, battrs: dict[str, Any], chunk_rows: int,
             problems.append(f"{node}: samples on axis 0 expected ({n} rows), got shape {shape}")
         elif chunks[0] != chunk_rows:
             problems.append(f"{node}: chunk rows differ from the block's, expected {chunk_rows}, got {chunks[0]}")
-        if name == GRAD_ARRAY:
+        if name == layout.GRAD_ARRAY:
             seen_1_1.append(node)
             problems.extend(_validate_gradient(backend, node, battrs, shape, dtype, n, allow_extra,
                                                store.schema_version))
     return problems
-
-
-def lift_scale_for(reduction: Any, source_shape: Any = None) -> float | None:
-    """The ``lift_scale`` SCHEMA.md §6.1 prescribes for a linear reduction (None: undecidable).
-
-    With ``R Rᵀ = c·I`` the lift ``u = Rᵀ v / c`` moves the reduced features by exactly
-    ``v`` and is the minimum-norm such move, so the derivative it stands for is
-    ``⟨g, u⟩ = ⟨R g, v⟩ / c``: ``lift_scale = 1/c``. ``flatten`` / ``random:K``: ``c = 1``;
-    ``gap`` (the mean over H·W positions): ``c = 1/(H·W)``; ``project:K`` (``R = Wᵀ``,
-    entries of ``W`` drawn from N(0, 1/K)): ``E[WᵀW] = (D/K)·I`` with D the flattened
-    size, so ``lift_scale = K/D`` (exact in expectation; see §6.1 for the deviation).
-    One function for the writer (``extract.gradients``), the validator and the readers.
-    """
-    if not isinstance(reduction, dict):
-        return None
-    kind = reduction.get("kind")
-    if kind in ("flatten", "none", "random"):
-        return 1.0
-    shape = source_shape if source_shape is not None else reduction.get("source_shape")
-    if not (isinstance(shape, (list, tuple)) and shape
-            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        return None
-    if kind == "gap":
-        return float(math.prod(shape[1:])) if len(shape) >= 2 else None
-    if kind == "project":
-        params = reduction.get("params")
-        k = params.get("k") if isinstance(params, dict) else None
-        k = reduction.get("n_features") if k is None else k
-        if isinstance(k, int) and not isinstance(k, bool) and k > 0:
-            return k / float(math.prod(shape))
-    return None
 
 
 #: Schema versions before 1.2 recorded ``lift_scale = 1`` for ``project:K`` (superseded).

@@ -8,7 +8,7 @@ rather than misread (zarr's ``zarr_format`` does the same).
 
 from __future__ import annotations
 
-from storage_schema.errors import SchemaVersionError, StoreFormatError
+from probestore.errors import SchemaVersionError, StoreFormatError
 
 SCHEMA_VERSION = "1.2"
 SUPPORTED_MAJOR_VERSIONS = (1,)

@@ -54,3 +54,13 @@ def require_data(*paths: Path) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers(name="needs_data"):
         require_data(*mark.args)
+
+
+# The storage backends every store test runs on (a new backend joins by adding its suffix).
+BACKEND_SUFFIXES = [".zarr", ".h5"]
+
+
+@pytest.fixture(params=BACKEND_SUFFIXES, ids=lambda s: s.lstrip("."))
+def suffix(request) -> str:
+    """The store file suffix of one backend: a test taking ``suffix`` runs once per backend."""
+    return request.param

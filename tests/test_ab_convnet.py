@@ -18,7 +18,7 @@ import torch
 
 from extract.layers import list_layers
 from extract.models import ModelSpec, build_model
-from storage_schema.errors import ConfigError
+from probestore.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_the_demo_experiment_uses_the_paper_model_and_every_probe():
 @pytest.mark.needs_data(REPO.parent / "shared" / "data" / "mnist-t10k")
 def test_the_demo_experiment_finds_the_shared_mnist_beside_the_repository(monkeypatch):
     """`make demo` runs in the repository root: the relative candidate finds ../shared/data."""
-    from extract.config import load_config
+    from probestore.experiment import load_config
 
     monkeypatch.delenv("PROBESTORE_DATA", raising=False)
     monkeypatch.chdir(REPO)

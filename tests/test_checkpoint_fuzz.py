@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from extract.checkpoints import load_state_dict
-from storage_schema.errors import CheckpointError
+from probestore.errors import CheckpointError
 
 N_CASES = 600
 

@@ -23,7 +23,7 @@ from extract.checkpoints import (
     sha256_file,
     write_manifest,
 )
-from storage_schema.errors import CheckpointError, ConfigError, InvalidNameError
+from probestore.errors import CheckpointError, ConfigError, InvalidNameError
 
 pytestmark = pytest.mark.torch
 

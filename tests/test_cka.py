@@ -15,15 +15,15 @@ from analyze.similarity import (
     block_moments,
     cross_term,
     linear_cka,
-    read_table,
     run_similarity,
     streaming_cka,
     use_sample_space,
 )
-from storage_schema.cli import main
-from storage_schema.errors import ConfigError, DataError, NotFoundError
+from analyze.tables import CKA, read_table
+from probestore.cli import main
+from probestore.errors import ConfigError, DataError, NotFoundError
 from storage_schema.store import open_store
-from tests.test_engine import make_store
+from tests.helpers.stores import make_store
 
 
 def hsic_cka(X, Y):
@@ -122,7 +122,7 @@ def _direct(store_path, a, b, rows=None):
 def test_cli_table_matches_direct_computation(store, tmp_path):
     out = tmp_path / "cka.parquet"
     assert main(["similarity", str(store), "-o", str(out), "--workers", "0"]) == 0
-    df = read_table(out)
+    df = read_table(out, CKA)
     assert list(df.columns) == list(CKA_COLUMNS)
     layers, ckpts, runs = ("l1", "l2", "l3"), ("epoch_0000", "epoch_0003"), ("clean", "noisy")
     # 4 (run, ckpt) x 3 layer pairs + 6 (run, layer) x 1 ckpt pair + 6 (ckpt, layer) x 1 run pair
@@ -151,7 +151,7 @@ def test_filters_pairs_test_split_and_a_dask_cluster(store, tmp_path):
     for r in df.itertuples():
         want = _direct(store, (r.run_a, r.checkpoint_a, r.layer_a), (r.run_b, r.checkpoint_b, r.layer_b), test)
         assert r.cka == pytest.approx(want, rel=1e-6)
-    pd.testing.assert_frame_equal(read_table(tmp_path / "a.csv"), df, check_dtype=False)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "a.csv", CKA), df)
     dask = run_similarity(store, None, layers=["l1", "l3"], pairs="across-checkpoints", samples="test",
                           config=AnalysisConfig(n_workers=2, threads_per_worker=1, max_block_bytes=4000),
                           log=lambda m: None)

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 
 from storage_schema.store import open_store
-from tests.test_store_conformance import add_run, make_store, write_checkpoint
+from tests.helpers.stores import add_run, create_bare_store, write_checkpoint
 
 
 def probestore(*args):
     return subprocess.run(
-        [sys.executable, "-m", "storage_schema", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "probestore", *map(str, args)], capture_output=True, text=True, timeout=120
     )
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_inspect_and_validate_a_good_store(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    store = make_store(path)
+    store = create_bare_store(path)
     add_run(store, "mem", fraction=0.5)
     write_checkpoint(
         store, "mem", "epoch_0003", {"relu1": np.ones((50, 8), "float32")}, np.zeros((50, 3), "float32"), epoch=3
@@ -36,7 +36,7 @@ def test_inspect_and_validate_a_good_store(tmp_path, suffix):
 
 def test_validate_lists_every_violation(tmp_path):
     path = tmp_path / "s.zarr"
-    store = make_store(path)
+    store = create_bare_store(path)
     add_run(store)
     write_checkpoint(store, "gen", "e0", {"fc1": np.ones((50, 4), "float32")}, np.zeros((50, 3), "float32"))
     store.backend.update_attrs("runs/gen/checkpoints/e0/layers/fc1", {"complete": False})
@@ -49,7 +49,7 @@ def test_validate_lists_every_violation(tmp_path):
 
 def test_bumped_major_version_is_one_clear_line(tmp_path):
     path = tmp_path / "s.zarr"
-    make_store(path)
+    create_bare_store(path)
     open_store(path, "a").backend.update_attrs("", {"schema_version": "9.0"})
     out = probestore("inspect", path)
     assert out.returncode == 2

@@ -23,8 +23,8 @@ from extract.concepts import (
     shape,
     texture,
 )
-from extract.config import CONCEPT_PRESETS, parse_config
-from storage_schema.errors import ConfigError
+from probestore.errors import ConfigError
+from probestore.experiment import CONCEPT_PRESETS, parse_config
 from storage_schema.store import config_hash, open_store
 from tests.conftest import DTD_DIR, MNIST_DIR, require_data
 

@@ -28,7 +28,7 @@ from extract.concepts import (
     shape,
     texture,
 )
-from storage_schema.errors import ConfigError, DataError, NotFoundError
+from probestore.errors import ConfigError, DataError, NotFoundError
 from tests.conftest import DTD_DIR, MNIST_DIR, require_data
 
 MNIST = MNIST_DIR / "t10k-images-idx3-ubyte.gz"

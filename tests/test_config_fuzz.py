@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analyze.config import AnalysisConfig
-from extract.config import parse_config
-from storage_schema.errors import ProbestoreError
+from probestore.errors import ProbestoreError
+from probestore.experiment import parse_config
 from storage_schema.metadata import FIELDS, check_fields, require_fields
 from storage_schema.store import ActivationStore, create_store
-from tests.test_extract_config import EXAMPLE
+from tests.helpers.experiments import EXAMPLE
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -19,18 +19,15 @@ from analyze.engine import run_analysis
 from analyze.results import read_table
 from analyze.solvers.logistic import fit_logistic_block
 from extract.sample_types import area_means, auto_n_types, cluster_types
-from storage_schema.cli import main
-from storage_schema.errors import ConfigError, DataError, NotFoundError
+from probestore.cli import main
+from probestore.errors import ConfigError, DataError, NotFoundError
 from storage_schema.store import create_store, open_store
 from storage_schema.validate import validate_store
-from tests.test_engine import make_store
+from tests.helpers.analysis import quiet
+from tests.helpers.stores import make_store
 
 BACKENDS = ("zarr", "h5")
 K = 10
-
-
-def quiet(msg):
-    pass
 
 
 @pytest.fixture(scope="module")

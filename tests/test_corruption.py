@@ -7,7 +7,7 @@ import pytest
 
 from extract.corruption import corrupt_labels
 from extract.splits import SPLIT_CODES, SPLIT_NAMES, assign_splits
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
 
 FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}
 

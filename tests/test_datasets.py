@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.datasets import DatasetSpec, load_dataset
+from extract.datasets import load_dataset
 from extract.idx import read_idx, read_idx_folder
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
+from probestore.experiment import DatasetSpec
 from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
 
 MNIST = MNIST_DIR

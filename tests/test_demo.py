@@ -90,7 +90,7 @@ pytestmark = [needs_data(MNIST), pytest.mark.slow]
 def probestore(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run ``probestore ARGS`` as a user would; fail with its output when it fails."""
     exe = Path(sys.executable).with_name("probestore")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "storage_schema"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "probestore"]
     done = subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
                           env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, f"probestore {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"

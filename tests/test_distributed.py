@@ -17,7 +17,8 @@ import pytest
 from analyze.config import AnalysisConfig
 from analyze.engine import run_analysis
 from analyze.results import read_table, results_paths
-from tests.test_engine import ALPHAS, CS, LAYERS, comparable, make_store
+from tests.helpers.analysis import ALPHAS, CS, comparable
+from tests.helpers.stores import LAYERS, make_store
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from analyze.engine import run_analysis
 from analyze.report import build_report, make_view, read_results
 from analyze.report.extras import cka_layers_data, mdl_layers_data
 from analyze.similarity import run_similarity
-from storage_schema.cli import main
-from storage_schema.errors import ConfigError, DataError
+from probestore.cli import main
+from probestore.errors import ConfigError, DataError
 from storage_schema.store import open_store
-from tests.test_engine import make_store
+from tests.helpers.stores import make_store
 
 
 def blobs(n=300, seed=0):

@@ -2,111 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import log_loss, mean_squared_error, r2_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from storage_schema import layout
-from storage_schema.store import create_store
-
-RUNS = (("clean", 0.0), ("noisy", 0.5))
-LAYERS = (("l1", 6), ("l2", 10), ("l3", 8))
-EPOCHS = (0, 1, 3)
-
-
-def make_store(path, *, n=240, n_classes=4, runs=RUNS, layers=LAYERS, epochs=EPOCHS, seed=0,
-               extra_targets=None, labels=None, types=True):
-    """A small store: class-structured Gaussian features, targets linear in them + noise.
-
-    A latent ``z`` (class means + noise) drives everything: each layer is a random linear
-    map of ``z`` plus noise that shrinks with the epoch (so probes improve with training),
-    concept targets are linear in ``z`` plus noise, logits are a noisy class readout.
-    """
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % n_classes if labels is None else np.asarray(labels)
-    y = rng.permutation(y)
-    splits = np.zeros(n, dtype=np.int8)
-    order = rng.permutation(n)
-    splits[order[int(0.6 * n):int(0.8 * n)]] = 1
-    splits[order[int(0.8 * n):]] = 2
-    store = create_store(path, dataset_name="synthetic", sample_ids=[f"s{i:04d}" for i in range(n)],
-                         labels=y, splits=splits, class_names=[f"c{k}" for k in range(n_classes)],
-                         source={"kind": "synthetic"}, config={"seed": seed})
-    if types:  # the control task's recurring types (own generator: the data below stay as they were)
-        store.set_sample_types(np.random.default_rng(seed + 100).integers(0, 24, n), method={"kind": "test"})
-    centers = rng.normal(size=(n_classes, 5)) * 1.2
-    z = centers[y] + rng.normal(size=(n, 5))
-    store.add_target("area", z @ rng.normal(size=5) + 0.3 * rng.normal(size=n), "continuous")
-    store.add_target("eccentricity", z @ rng.normal(size=5) + 0.8 * rng.normal(size=n), "continuous")
-    store.add_target("class_copy", y, "class")
-    for name, values in (extra_targets or {}).items():
-        store.add_target(name, values, "continuous")
-    train = np.flatnonzero(splits == 0)
-    for run, frac in runs:
-        train_labels = y.copy()
-        chosen = rng.choice(train, size=int(round(frac * train.size)), replace=False)
-        train_labels[chosen] = (y[chosen] + rng.integers(1, n_classes, chosen.size)) % n_classes
-        store.add_run(run, model={"name": "mlp"}, architecture="mlp", train_labels=train_labels,
-                      corrupted=train_labels != y, corruption={"fraction": frac, "mode": "uniform", "seed": 0})
-        for e in epochs:
-            ck = f"epoch_{e:04d}"
-            store.add_checkpoint(run, ck, epoch=e, sha256=f"{run}-{e}")
-            names = []
-            for name, F in layers:
-                A = rng.normal(size=(5, F))
-                X = z @ A + rng.normal(size=(n, F)) * (2.0 / (1 + e))
-                store.create_block(run, ck, name, n_features=F, reduction={"kind": "flatten"})
-                store.write_rows(run, ck, name, 0, X.astype(np.float32))
-                store.mark_block_complete(run, ck, name)
-                names.append(name)
-            logits = 2.0 * np.eye(n_classes)[train_labels] * (e > 0) + rng.normal(size=(n, n_classes))
-            store.create_block(run, ck, layout.OUTPUTS, n_features=n_classes)
-            store.write_rows(run, ck, layout.OUTPUTS, 0, logits.astype(np.float32))
-            store.mark_block_complete(run, ck, layout.OUTPUTS)
-            store.set_layer_order(run, ck, names)
-            store.mark_checkpoint_complete(run, ck)
-    store.close()
-    return path
-
-
-# ---------------------------------------------------------------------------- fixtures
-
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from sklearn.linear_model import LogisticRegression, Ridge  # noqa: E402
-from sklearn.metrics import log_loss, mean_squared_error, r2_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-
-from analyze.block_task import INNER_FRACTION, INNER_SEED  # noqa: E402
-from analyze.config import AnalysisConfig  # noqa: E402
-from analyze.controls import control_labels  # noqa: E402
-from analyze.engine import dry_run, run_analysis  # noqa: E402
-from analyze.results import NONDETERMINISTIC_COLUMNS, read_metadata, read_table, results_paths  # noqa: E402
-from analyze.solvers.logistic import inner_split  # noqa: E402
-from storage_schema.errors import ConfigError, FingerprintMismatchError  # noqa: E402
-from storage_schema.store import open_store  # noqa: E402
-
-CS = (0.01, 0.1, 1.0, 10.0)
-ALPHAS = (0.01, 1.0, 10.0, 100.0, 1e4)
-
-
-def quiet(msg):  # the engine's log lines are not needed in tests
-    pass
-
-
-def sync_config(tmp, name="results.parquet", **kw):
-    return AnalysisConfig(scheduler="none", Cs=CS, alphas=ALPHAS, results=str(Path(tmp) / name), **kw)
-
-
-def comparable(df):
-    """The table without its timing column (the only one allowed to change between runs)."""
-    return df.drop(columns=list(NONDETERMINISTIC_COLUMNS)).reset_index(drop=True)
+from analyze.block_task import INNER_FRACTION, INNER_SEED
+from analyze.config import AnalysisConfig
+from analyze.controls import control_labels
+from analyze.engine import dry_run, run_analysis
+from analyze.results import NONDETERMINISTIC_COLUMNS, read_metadata, read_table, results_paths
+from analyze.solvers.logistic import inner_split
+from probestore.errors import ConfigError, FingerprintMismatchError
+from storage_schema.store import open_store
+from tests.helpers.analysis import ALPHAS, CS, comparable, quiet, sync_config
+from tests.helpers.stores import LAYERS, make_store
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +237,7 @@ def test_killed_analysis_rerun_gives_the_uninterrupted_table(analysed, tmp_path)
     store, _, full = analysed
     results = tmp_path / "killed.parquet"
     parts = results_paths(results)["parts"]
-    cmd = [sys.executable, "-m", "storage_schema", "analyze", str(store), "-o", str(results),
+    cmd = [sys.executable, "-m", "probestore", "analyze", str(store), "-o", str(results),
            "--scheduler", "none", "--Cs", ",".join(map(str, CS)), "--alphas", ",".join(map(str, ALPHAS)),
            "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -424,7 +344,7 @@ def test_saved_weights_reproduce_the_probe(analysed, tmp_path):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(analysed, tmp_path, capsys):
-    from storage_schema.cli import main
+    from probestore.cli import main
 
     store, _, _ = analysed
     results = tmp_path / "dry.parquet"

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from analyze.estimators import ClassifierProbe, RCVProbe
 from analyze.solvers.ridge import fit_rcv_block
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 
 ALPHAS = np.logspace(-3, 5, 15)
 

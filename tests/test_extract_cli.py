@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from storage_schema.cli import main
+from probestore.cli import main
 from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
 
 MNIST = MNIST_DIR
@@ -111,7 +111,7 @@ def test_commands_import_no_torch_and_explain_how_to_install_it(tmp_path):
     """Without torch: `--help` works and the extract commands say what to install."""
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        "from storage_schema.cli import build_parser, main\n"
+        "from probestore.cli import build_parser, main\n"
         "build_parser()\n"
         "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m]), 'torch imported'\n"
         "rc = main(['extract', 'missing.toml'])\n"
@@ -130,7 +130,7 @@ def test_train_extract_and_unknown_layer(tmp_path, capsys, monkeypatch):
     # an unknown layer fails before any training or data reading, with the closest names
     assert main(["extract", "exp.toml", "--layers", "relu3"]) == 2
     err = capsys.readouterr().err
-    assert "layer pattern 'relu3' matches no module" in err and "'relu1'" in err
+    assert "no layer matches 'relu3'" in err and "'relu1'" in err
     assert "probestore layers" in err
     assert not (tmp_path / "out").exists()
     # extraction before training says what to run

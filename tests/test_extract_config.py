@@ -7,66 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from extract.config import load_config, parse_config, resolve_data_path
-from storage_schema.errors import ConfigError, DataError, InvalidNameError
+from probestore.errors import ConfigError, DataError, InvalidNameError
+from probestore.experiment import load_config, parse_config, resolve_data_path
 from storage_schema.store import config_hash
 from tests.conftest import DTD_DIR, MNIST_DIR
+from tests.helpers.experiments import EXAMPLE
 
 MNIST = MNIST_DIR
-
-EXAMPLE = f"""
-[experiment]
-name = "mnist-mlp-memorization"
-store = "demo-output/mnist_mlp.zarr"
-checkpoints_dir = "demo-output/checkpoints/mnist_mlp"
-seed = 3
-
-[dataset]
-kind = "idx"
-path = ["$PROBESTORE_TEST_NOT_SET/mnist", "{MNIST}"]
-subset = "test"
-max_samples = 300
-
-[splits]
-train = 0.6
-valid = 0.2
-test = 0.2
-
-[model]
-name = "mlp"
-options = {{ depth = 2, width = 16 }}
-
-[training]
-epochs = 2
-save_epochs = [0, 1, 2]
-
-[[runs]]
-name = "generalizing"
-corruption = 0.0
-
-[[runs]]
-name = "memorizing-0.5"
-corruption = 0.5
-mode = "uniform"
-training = {{ epochs = 3 }}
-
-[[runs]]
-name = "imported"
-checkpoints = "some/dir"
-
-[extract]
-layers = ["input", "relu*"]
-reductions = {{ relu1 = "random:8" }}
-batch_size = 64
-dtype = "float16"
-
-[concepts]
-families = ["shape"]
-
-[analysis]
-probes = ["classifier"]
-"""
-
 
 def _parse(text: str, **overrides):
     import tomllib
@@ -184,7 +131,7 @@ def test_run_level_errors():
     no_epochs = _edit("[training]\nepochs = 2\nsave_epochs = [0, 1, 2]\n", "")
     with pytest.raises(ConfigError, match="no epochs"):
         _parse(no_epochs)
-    with pytest.raises(ConfigError, match="unknown run 'generalising'.*did you mean 'generalizing'"):
+    with pytest.raises(ConfigError, match="no run matches 'generalising'.*did you mean 'generalizing'"):
         _parse(EXAMPLE).select_runs(["generalising"])
 
 
@@ -241,7 +188,7 @@ def test_relative_paths_are_relative_to_cwd(tmp_path, monkeypatch):
 
 def test_docstring_example_is_valid(tmp_path, monkeypatch):
     """The module docstring documents the file format; its example must parse."""
-    import extract.config as mod
+    import probestore.experiment as mod
 
     doc = mod.__doc__
     block = textwrap.dedent(doc[doc.index("    [experiment]"): doc.index("Paths (")])

@@ -21,8 +21,8 @@ import pytest
 import torch
 import zarr
 
-from storage_schema.cli import main
-from storage_schema.errors import StoreFormatError
+from probestore.cli import main
+from probestore.errors import StoreFormatError
 from storage_schema.store import open_store
 from tests.conftest import MNIST_DIR, needs_data
 
@@ -60,7 +60,7 @@ families = ["shape"]
 
 
 def _cli(*args: str, cwd: Path) -> list[str]:
-    return [sys.executable, "-m", "storage_schema", *args]
+    return [sys.executable, "-m", "probestore", *args]
 
 
 def _run(args, cwd, check=True):

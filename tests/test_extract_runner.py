@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from extract.config import parse_config
 from extract.models import ModelSpec, build_model
 from extract.pipeline import architecture_id, load_experiment, run_extraction
 from extract.reductions import plan_reduction
 from extract.runner import plan_extraction
 from extract.writer import CheckpointWriter
+from probestore.errors import ConfigError, DataError
+from probestore.experiment import parse_config
 from storage_schema import layout
-from storage_schema.errors import ConfigError, DataError
 from storage_schema.store import create_store, open_store
 from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
 

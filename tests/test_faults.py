@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 
 from analyze.config import AnalysisConfig
 from analyze.engine import run_analysis
@@ -32,7 +31,8 @@ from analyze.results import read_table, results_paths
 from storage_schema.store import open_store
 from storage_schema.validate import validate_store
 from tests.conftest import MNIST_DIR, needs_data
-from tests.test_engine import comparable, make_store
+from tests.helpers.analysis import comparable
+from tests.helpers.stores import make_store, zarr_arrays
 
 MNIST = MNIST_DIR
 needs_mnist = needs_data(MNIST)
@@ -67,7 +67,7 @@ FAST = {"Cs": (1.0,), "alphas": (1.0, 100.0), "layers": ("relu*",), "probes": ("
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "storage_schema", *args]
+    return [sys.executable, "-m", "probestore", *args]
 
 
 def run_cli(args, cwd, check=True, timeout=300):
@@ -92,15 +92,6 @@ def write_experiment(root: Path, *, n: int = N_SAMPLES, epochs=(2, 1)) -> Path:
             seed += 1
     (root / "exp.toml").write_text(CONFIG.format(mnist=MNIST, n=n, ckpts=root / "ckpt"))
     return root / "exp.toml"
-
-
-def zarr_arrays(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for meta in sorted(path.rglob("zarr.json")):
-        node = json.loads(meta.read_text())
-        if node.get("node_type") == "array":
-            out[meta.parent.relative_to(path).as_posix()] = zarr.open_array(str(meta.parent), mode="r")[...]
-    return out
 
 
 def assert_same_arrays(a: Path, b: Path, only: str = "") -> None:
@@ -392,7 +383,7 @@ def test_embedded_cluster_listens_on_loopback_unless_told_otherwise():
 
 
 def test_default_host_is_loopback_in_the_config_and_cli(capsys):
-    from storage_schema.cli import main
+    from probestore.cli import main
 
     assert AnalysisConfig().host == "127.0.0.1"
     with pytest.raises(SystemExit):

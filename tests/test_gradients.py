@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from extract.config import ExtractOptions
 from extract.gradients import (
     GRAD_ARRAY,
     GradientExtractor,
@@ -18,10 +17,12 @@ from extract.gradients import (
 )
 from extract.reductions import plan_reduction
 from extract.runner import extract_checkpoint, plan_extraction
+from probestore.errors import ConfigError
+from probestore.experiment import ExtractOptions
 from storage_schema.concept_sets import extra_attrs, set_extra_attrs
-from storage_schema.errors import ConfigError
 from storage_schema.store import create_store, open_store
 from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
+from tests.helpers.torch_data import IndexedDataset
 
 SHAPE = (4, 6, 6)  # conv1 output (C, H, W)
 
@@ -141,17 +142,6 @@ def test_gmp_is_refused_with_the_reason():
         GradientExtractor(_model(), plans, torch.device("cpu"))
 
 
-class _Data(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], i
-
-
 def _store(tmp_path, n=70, suffix=".zarr"):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, n)
@@ -172,9 +162,9 @@ def test_store_pass_matches_direct_computation_and_resumes(tmp_path, suffix):
     opts = ExtractOptions(layers=("conv1", "conv2"), reductions={"conv2": "random:30"}, batch_size=16,
                           chunk_rows=32, device="cpu")
     plan = plan_extraction(model, (3, 6, 6), opts)
-    extract_checkpoint(store, "r", "e1", model, _Data(x), plan, opts, device=torch.device("cpu"), progress=False)
+    extract_checkpoint(store, "r", "e1", model, IndexedDataset(x), plan, opts, device=torch.device("cpu"), progress=False)
     assert not gradients_complete(store, "r", "e1", plan.layers)
-    extract_gradients(store, "r", "e1", model, _Data(x), plan.reductions, batch_size=16,
+    extract_gradients(store, "r", "e1", model, IndexedDataset(x), plan.reductions, batch_size=16,
                       device=torch.device("cpu"), progress=False)
     assert gradients_complete(store, "r", "e1", plan.layers)
     with GradientExtractor(model, plan.reductions, torch.device("cpu")) as ex:
@@ -191,11 +181,11 @@ def test_store_pass_matches_direct_computation_and_resumes(tmp_path, suffix):
     store.close()
     store = open_store(tmp_path / f"s{suffix}", "a")
     assert not gradients_complete(store, "r", "e1", plan.layers)
-    extract_gradients(store, "r", "e1", model, _Data(x), plan.reductions, batch_size=16,
+    extract_gradients(store, "r", "e1", model, IndexedDataset(x), plan.reductions, batch_size=16,
                       device=torch.device("cpu"), progress=False)
     np.testing.assert_allclose(store.read_extra("r", "e1", "conv1", GRAD_ARRAY), direct["conv1"].numpy(),
                                rtol=1e-5, atol=1e-7)
-    assert extract_gradients(store, "r", "e1", model, _Data(x), plan.reductions, batch_size=16,
+    assert extract_gradients(store, "r", "e1", model, IndexedDataset(x), plan.reductions, batch_size=16,
                              device=torch.device("cpu"), progress=False) == 0.0
     from storage_schema.validate import validate_store
 
@@ -214,9 +204,9 @@ def test_pipeline_gradients_concept_sets_and_tcav_on_dtd(tmp_path):
     from PIL import Image
 
     from analyze.tcav import TCAVOptions, run_tcav
-    from extract.config import parse_config
     from extract.models import build_model
     from extract.pipeline import load_experiment, run_extraction
+    from probestore.experiment import parse_config
     from storage_schema.concept_sets import (
         concept_set_info,
         concept_set_rows,
@@ -294,7 +284,7 @@ def test_pipeline_gradients_concept_sets_and_tcav_on_dtd(tmp_path):
 
 
 def test_config_gradients_flag_and_concept_sets():
-    from extract.config import parse_config
+    from probestore.experiment import parse_config
 
     def cfg(extract=None, concepts=None):
         return parse_config({
@@ -384,7 +374,8 @@ def test_lift_scale_makes_the_reduced_gradient_the_minimum_norm_lift_derivative(
 
 def test_validator_checks_the_project_lift_scale(tmp_path):
     """K/D is required; 1 (the pre-1.2 value) only in stores older than schema 1.2."""
-    from storage_schema.validate import _validate_gradient, lift_scale_for
+    from storage_schema.reductions import lift_scale_for
+    from storage_schema.validate import _validate_gradient
 
     plan = plan_reduction("project:12", "conv1", SHAPE)
     red = plan.to_dict()

@@ -23,13 +23,12 @@ import pytest
 from analyze.config import AnalysisConfig
 from analyze.engine import run_analysis
 from analyze.results import read_table
-from storage_schema.cli import main
-from storage_schema.errors import DataError
+from probestore.cli import main
+from probestore.errors import DataError
 from storage_schema.store import open_store
 from storage_schema.validate import validate_store
 from tests.conftest import MNIST_DIR, require_data
-from tests.test_engine import make_store
-from tests.test_faults import zarr_arrays
+from tests.helpers.stores import make_store, zarr_arrays
 
 MNIST = MNIST_DIR
 CONFIG = f"""

@@ -10,9 +10,9 @@ import pytest
 
 from analyze.config import DEFAULT_ALPHAS, AnalysisConfig, load_config
 from analyze.jobs import format_plan, plan_jobs, reduction_label
-from storage_schema.errors import ConfigError, NotFoundError
+from probestore.errors import ConfigError, NotFoundError
 from storage_schema.store import open_store
-from tests.test_engine import LAYERS, make_store
+from tests.helpers.stores import LAYERS, make_store
 
 
 @pytest.fixture(scope="module")

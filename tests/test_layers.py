@@ -9,7 +9,7 @@ from torch import nn
 from extract.layers import LayerTaps, list_layers, select_layers
 from extract.models import ModelSpec, build_model
 from extract.reductions import build_reducer, plan_reduction
-from storage_schema.errors import ConfigError
+from probestore.errors import ConfigError
 
 pytestmark = pytest.mark.torch
 

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from analyze.controls import control_labels, selectivity
 from analyze.metrics import CE_CAP, cross_entropy, top_k_error
 from analyze.solvers.logistic import _lbfgs, _loss_grad, fit_logistic_block
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
 
 CS = np.logspace(-3, 1, 5)
 

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from analyze.mdl import MIX, block_ends, online_codelength
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
 
 TIGHT = {"dtype": np.float64, "tol": 1e-10, "max_iter": 5000}
 
@@ -105,7 +105,7 @@ def test_engine_rows_match_the_function_and_streaming(tmp_path):
     from analyze.engine import run_analysis
     from analyze.results import read_table
     from storage_schema.store import open_store
-    from tests.test_engine import make_store
+    from tests.helpers.stores import make_store
 
     path = make_store(tmp_path / "s.zarr", n=200, epochs=(0, 3), layers=(("l1", 6), ("l2", 9)))
     cfg = AnalysisConfig(scheduler="none", Cs=(0.1, 1.0), probes=("classifier", "mdl"), mdl_C=0.5,

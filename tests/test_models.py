@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from extract.models import ModelSpec, build_model, describe_model
-from storage_schema.errors import ConfigError
+from probestore.errors import ConfigError
 
 pytestmark = pytest.mark.torch
 

@@ -10,9 +10,9 @@ from analyze.config import AnalysisConfig
 from analyze.engine import run_analysis
 from analyze.outputs import model_output_metrics
 from analyze.results import read_table
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 from storage_schema.store import open_store
-from tests.test_engine import make_store
+from tests.helpers.stores import make_store
 
 
 def _direct(logits, y, idx, corrupted):

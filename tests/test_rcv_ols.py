@@ -9,7 +9,7 @@ from sklearn.metrics import mean_squared_error, r2_score
 
 from analyze.solvers.ridge import fit_ols_block, fit_ols_stats, fit_rcv_block
 from analyze.solvers.standardize import stats_from_arrays
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 
@@ -130,7 +130,7 @@ def test_rcv_ols_rows_match_sklearn_in_memory_and_streamed(tmp_path, suffix):
     from analyze.engine import run_analysis
     from analyze.results import read_table
     from storage_schema.store import open_store
-    from tests.test_engine import make_store
+    from tests.helpers.stores import make_store
 
     store = make_store(tmp_path / f"s{suffix}", runs=(("clean", 0.0),), epochs=(1,), layers=(("l1", 6), ("wide", 200)))
 
@@ -180,7 +180,7 @@ def test_report_table1_shows_ols_beside_ridge():
 
     from analyze.report import figures as F
     from analyze.report import make_view
-    from tests.test_report import make_table
+    from tests.helpers.report_table import make_table
 
     df = make_table()
     ols = df[df.probe == "rcv"].copy()

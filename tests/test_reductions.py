@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from extract.reductions import (
     ReductionPlan,
     build_reducer,
-    parse_reduction,
     plan_reduction,
     stable_hash,
 )
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
+from storage_schema.reductions import parse_reduction
 
 pytestmark = pytest.mark.torch
 

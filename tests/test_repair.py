@@ -20,59 +20,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
-from storage_schema.cli import main
-from storage_schema.errors import ProbestoreError
+from probestore.cli import main
+from probestore.errors import ProbestoreError
 from storage_schema.store import open_store
 from storage_schema.validate import validate_store
 from tests.conftest import MNIST_DIR, needs_data
+from tests.helpers.experiments import lock_files, write_experiment
 
 pytestmark = needs_data(MNIST_DIR)
-
-N = 300
-CONFIG = """
-[experiment]
-name = "repair"
-store = "{store}"
-[dataset]
-kind = "idx"
-path = "{mnist}"
-subset = "test"
-max_samples = {n}
-[model]
-name = "mlp"
-options = {{ depth = 2, width = 32 }}
-[[runs]]
-name = "a"
-checkpoints = "{ckpts}/a"
-[[runs]]
-name = "b"
-checkpoints = "{ckpts}/b"
-corruption = 0.5
-[extract]
-layers = ["input", "relu*"]
-batch_size = 50
-chunk_rows = 64
-"""
-CHECKPOINTS = ("a/epoch_0000", "a/epoch_0001", "b/epoch_0000")
-
-
-def write_experiment(root: Path, store: str = "store.zarr", n: int = N) -> Path:
-    """Three checkpoints of a small MLP (runs a: 2, b: 1) and ``exp.toml`` pointing at ``store``."""
-    from extract.models import ModelSpec, build_model
-
-    spec = ModelSpec("mlp", 10, (1, 28, 28), {"depth": 2, "width": 32})
-    for seed, name in enumerate(CHECKPOINTS, start=1):
-        run, ckpt = name.split("/")
-        path = root / "ckpt" / run / f"{ckpt.replace('_000', '_')}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            torch.save(build_model(spec, seed=seed).state_dict(), path)
-    config = root / f"exp-{Path(store).stem}{Path(store).suffix.replace('.', '-')}.toml"
-    config.write_text(CONFIG.format(store=root / store, mnist=MNIST_DIR, n=n, ckpts=root / "ckpt"))
-    return config
-
 
 def store_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of a store (either backend), by node path."""
@@ -100,10 +56,6 @@ def assert_same_store(a: Path, b: Path) -> None:
     sa, sb = open_store(a), open_store(b)
     for run in ("a", "b"):
         assert [c.name for c in sa.checkpoints(run)] == [c.name for c in sb.checkpoints(run)]
-
-
-def lock_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".lock", "-lock")))
 
 
 @pytest.fixture(scope="module")

@@ -22,94 +22,17 @@ import pytest
 from analyze.report import build_report, compute_findings, make_view, read_results, style
 from analyze.report import figures as F
 from analyze.report import findings as FD
-from storage_schema.errors import ConfigError, DataError, NotFoundError
+from probestore.errors import ConfigError, DataError, NotFoundError
+from tests.helpers.report_table import (
+    EPOCHS,
+    LAYERS,
+    area_r2,
+    clf_error,
+    make_table,
+    progress,
+)
 
-RUNS = {"gen": 0.0, "mem50": 0.5, "mem100": 1.0}
-EPOCHS = (0, 1, 3, 5)
-LAYERS = ("input", "relu1", "relu2", "relu3", "relu4")
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def progress(epoch: int) -> float:
-    return 1.0 - math.exp(-epoch / 2)
-
-
-def clf_error(c: float, d: int, epoch: int, *, depth_falls=True, random_beats_pixels=True, training_helps=True) -> float:
-    """Test error of the true-label probe at depth d (0 = input)."""
-    if d == 0:
-        return 0.12
-    rand = 0.08 - 0.005 * d if random_beats_pixels else 0.15 + 0.005 * d
-    trained = (0.05 - 0.008 * d if depth_falls else 0.02 + 0.008 * d) + c * (0.01 if training_helps else 0.08) * d
-    return rand + progress(epoch) * (trained - rand)
-
-
-def area_r2(c: float, d: int, epoch: int, *, rcv_deep_falls=True) -> float:
-    penalty = c * 0.1 * (d if rcv_deep_falls else 5 - d) * progress(epoch)
-    return 0.9 - 0.02 * d - (penalty if d else 0.0)
-
-
-def clean_acc(epoch: int, fast: bool) -> float:
-    rate = 1.5 if fast else 0.25
-    top = 0.89 if fast else 0.8
-    return 0.1 + top * (1 - math.exp(-epoch * rate))
-
-
-def make_table(
-    *,
-    depth_falls=True,
-    random_beats_pixels=True,
-    training_helps=True,
-    rcv_deep_falls=True,
-    clean_first=True,
-    deeper_more_selective=True,
-) -> pd.DataFrame:
-    rows = []
-
-    def add(**kw):
-        row = {c: np.nan for c in ("train_error", "valid_error", "test_error", "train_r2", "valid_r2", "test_r2",
-                                    "train_mspe", "valid_mspe", "test_mspe", "selectivity_train", "selectivity_test",
-                                    "clean_error", "corrupted_error")}  # fmt: skip
-        row.update(corruption_mode="uniform", reduction="none", hyperparameter="", hyperparameter_value=np.nan,
-                   n_features=64, n_train=600, n_valid=200, n_test=200, fit_seconds=0.01, status="ok", message="")  # fmt: skip
-        row.update(kw)
-        row["probe_id"] = f"{row['run']}/{row['checkpoint']}/{row['layer']}/{row['probe']}/{row['target']}"
-        rows.append(row)
-
-    for run, c in RUNS.items():
-        for e in EPOCHS:
-            ckpt = f"epoch{e:03d}"
-            base = {"run": run, "corruption_fraction": c, "checkpoint": ckpt, "epoch": e}
-            for d, layer in enumerate(LAYERS):
-                err = clf_error(c, d, e, depth_falls=depth_falls, random_beats_pixels=random_beats_pixels,
-                                training_helps=training_helps)  # fmt: skip
-                ctl_test = 0.9 - (0.0 if deeper_more_selective else 0.05 * d)
-                ctl_train = 0.5 - 0.05 * d
-                add(**base, layer=layer, probe="classifier", target="true_labels", hyperparameter="C",
-                    hyperparameter_value=1.0, train_error=err / 2, valid_error=err, test_error=err,
-                    selectivity_test=ctl_test - err, selectivity_train=ctl_train - err / 2,
-                    clean_error=err / 2 if c < 1 else np.nan, corrupted_error=0.5 if c > 0 else np.nan)  # fmt: skip
-                if c > 0:
-                    add(**base, layer=layer, probe="classifier", target="train_labels", hyperparameter="C",
-                        hyperparameter_value=1.0, train_error=0.3, valid_error=0.6, test_error=0.6)  # fmt: skip
-                add(**base, layer=layer, probe="control", target="control_labels", hyperparameter="C",
-                    hyperparameter_value=1.0, train_error=ctl_train, valid_error=ctl_test, test_error=ctl_test)  # fmt: skip
-                r2 = area_r2(c, d, e, rcv_deep_falls=rcv_deep_falls)
-                add(**base, layer=layer, probe="rcv", target="area", hyperparameter="alpha", hyperparameter_value=10.0,
-                    train_r2=r2, valid_r2=r2, test_r2=r2, test_mspe=2.0 * (1 - r2))  # fmt: skip
-                r2e = 0.5 + 0.02 * d * progress(e)
-                add(**base, layer=layer, probe="rcv", target="eccentricity", hyperparameter="alpha",
-                    hyperparameter_value=10.0, train_r2=r2e, valid_r2=r2e, test_r2=r2e, test_mspe=0.1 * (1 - r2e))  # fmt: skip
-            fast = clean_acc(e, clean_first)
-            slow = clean_acc(e, not clean_first)
-            clean = 1 - fast if c < 1 else np.nan
-            corrupted = 1 - slow if c > 0 else np.nan
-            add(**base, layer="outputs", probe="model_output", target="train_labels", train_error=0.5,
-                test_error=0.5, clean_error=clean, corrupted_error=corrupted)  # fmt: skip
-            add(**base, layer="outputs", probe="model_output", target="true_labels", train_error=0.5, test_error=0.5,
-                clean_error=clean, corrupted_error=(1 - (0.1 + 0.3 * progress(e))) if c > 0 else np.nan)  # fmt: skip
-    df = pd.DataFrame(rows)
-    # The engine sorts by probe_id: the table carries no layer order of its own.
-    return df.sort_values("probe_id", kind="stable").reset_index(drop=True)
 
 
 def write(df: pd.DataFrame, path: Path) -> Path:
@@ -306,7 +229,7 @@ def test_finding_numbers_match_hand_computation():
     assert rcv.numbers["slope per layer"] == pytest.approx({f"relu{d}": -0.1 * d * p5 for d in range(1, 5)}, abs=1e-4)
     clean = found["clean_first"].numbers["epoch learned, per run"]
     assert set(clean) == {"mem50"}  # mem100 has no clean samples
-    assert clean["mem50"].startswith("clean at 3, corrupted at 5")
+    assert clean["mem50"].startswith("clean at 1, corrupted at 3")  # half-times of clean_acc(fast / slow)
     sel = found["selectivity"].numbers
     assert sel["run"] == "gen" and sel["checkpoint"] == "epoch005"
     assert sel["selectivity per hidden layer"] == pytest.approx(
@@ -322,6 +245,15 @@ def test_learned_at_uses_the_gain_not_the_final_value():
     assert FD.learned_at(x, [0.1, 0.91, 0.95, 1.0]) == 1
     # 10% -> 12% is chance throughout: not learned (90% of *final* would say epoch 0).
     assert FD.learned_at(x, [0.10, 0.11, 0.115, 0.12]) is None
+
+
+def test_clean_first_uses_the_half_time_on_coarse_checkpoints():
+    """The demo's memorizing-0.5 curves: clean is learned first although both end high."""
+    x = [0, 10, 30, 60]
+    clean, corrupted = [0.081, 0.823, 0.875, 0.970], [0.104, 0.047, 0.410, 0.913]
+    assert FD.learned_at(x, clean) == 10 and FD.learned_at(x, corrupted) == 60
+    # a 90% threshold would have put both on the last checkpoint
+    assert FD.learned_at(x, clean, fraction=0.9) == FD.learned_at(x, corrupted, fraction=0.9) == 60
 
 
 def test_slope_against_numpy():
@@ -543,10 +475,10 @@ def test_tcav_section_notes_and_bad_tables(tmp_path):
 
 def test_tcav_cli_on_a_real_tcav_run(tmp_path):
     """`probestore tcav` on a tiny store with a planted concept, then `probestore report --tcav`."""
-    from storage_schema.cli import main
-    from tests.test_tcav import _planted_store
+    from probestore.cli import main
+    from tests.helpers.tcav import planted_store
 
-    store, _ = _planted_store(tmp_path / "s.zarr")
+    store, _ = planted_store(tmp_path / "s.zarr")
     store.close()
     tcav = tmp_path / "tcav.parquet"
     assert main(["tcav", str(tmp_path / "s.zarr"), "-o", str(tcav), "--repeats", "8", "--random-size", "20",

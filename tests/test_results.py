@@ -20,7 +20,7 @@ from analyze.results import (
     to_frame,
     write_weights,
 )
-from storage_schema.errors import ConfigError, FingerprintMismatchError, StoreFormatError
+from probestore.errors import ConfigError, FingerprintMismatchError, StoreFormatError
 
 
 def row(run="r", layer="l1", target="true_labels", probe="classifier", status="ok", **kw):

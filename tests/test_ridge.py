@@ -19,7 +19,7 @@ from analyze.solvers.standardize import (
     merge_stats,
     stats_from_arrays,
 )
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
 
 ALPHAS = np.logspace(-3, 5, 15)
 

@@ -25,8 +25,8 @@ from analyze.config import AnalysisConfig
 from analyze.engine import AnalysisSummary, run_analysis
 from analyze.results import read_table, results_paths
 from analyze.split_checks import DEGENERATE, SplitChecker
+from probestore.cli import main
 from storage_schema import layout
-from storage_schema.cli import main
 from storage_schema.store import create_store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -384,7 +384,7 @@ def test_ctrl_c_during_a_local_cluster_analysis_is_one_line_and_a_rerun_complete
     store = build_store(tmp_path / "s.zarr", stratified(n=600), F=40,
                         checkpoints=tuple(f"e{i}" for i in range(1, 9)))
     res = tmp_path / "res.parquet"
-    base = [sys.executable, "-m", "storage_schema", "analyze", str(store), "-o", str(res), "--no-progress",
+    base = [sys.executable, "-m", "probestore", "analyze", str(store), "-o", str(res), "--no-progress",
             "--Cs", "0.01,0.1,1,10,100", "--alphas", "0.1,10,1000"]
     cmd = [*base, "--workers", "2", "--threads-per-worker", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

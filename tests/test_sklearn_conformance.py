@@ -27,7 +27,7 @@ from analyze.estimators import (
     SelectionFallbackWarning,
     _stratified_holdout,
 )
-from storage_schema.errors import ConfigError, DataError, DataTypeError
+from probestore.errors import ConfigError, DataError, DataTypeError
 
 # Every check passes: no expected_failed_checks are needed (the default probes select
 # their penalty on an internal hold-out; the C= / alpha= ones are the outer-search form).

@@ -1,7 +1,7 @@
 """One conformance suite that every storage backend passes (zarr-python's StoreTests idea).
 
-Each test runs once per backend through the ``suffix`` fixture; a new backend joins by
-adding its suffix to ``BACKEND_SUFFIXES``.
+Each test runs once per backend through the ``suffix`` fixture (tests/conftest.py); a new
+backend joins by adding its suffix to ``BACKEND_SUFFIXES`` there.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage_schema import layout
-from storage_schema.errors import (
+from probestore.errors import (
     ConfigError,
     DataError,
     FingerprintMismatchError,
@@ -28,56 +27,11 @@ from storage_schema.errors import (
     SchemaVersionError,
     StoreFormatError,
 )
+from storage_schema import layout
 from storage_schema.fingerprint import dataset_fingerprint
-from storage_schema.store import create_store, open_store
+from storage_schema.store import open_store
 from storage_schema.validate import validate_store
-
-BACKEND_SUFFIXES = [".zarr", ".h5"]
-
-
-@pytest.fixture(params=BACKEND_SUFFIXES, ids=lambda s: s.lstrip("."))
-def suffix(request) -> str:
-    return request.param
-
-
-def make_store(path: Path, n: int = 50, n_classes: int = 3):
-    rng = np.random.default_rng(0)
-    return create_store(
-        path,
-        dataset_name="toy",
-        sample_ids=[f"img/{i:04d}.png" for i in range(n)],
-        labels=rng.integers(0, n_classes, n),
-        splits=np.arange(n) % 3,
-        class_names=[f"c{i}" for i in range(n_classes)],
-        config={"experiment": {"name": "toy"}},
-    )
-
-
-def add_run(store, name: str = "gen", fraction: float = 0.0):
-    n = store.n_samples
-    labels = store.labels()
-    train = labels.copy()
-    if fraction:
-        train[: int(n * fraction)] = (train[: int(n * fraction)] + 1) % len(store.dataset.class_names)
-    store.add_run(
-        name,
-        model={"name": "mlp", "num_classes": 3},
-        architecture="mlp-abc",
-        train_labels=train,
-        corrupted=train != labels,
-        corruption={"fraction": fraction, "mode": "uniform" if fraction else "none", "seed": 0},
-        training={"lr": 0.01},
-    )
-
-
-def write_checkpoint(store, run: str, ckpt: str, layers: dict[str, np.ndarray], logits: np.ndarray, epoch=0):
-    store.add_checkpoint(run, ckpt, epoch=epoch, source=None, sha256=None)
-    for name, values in {**layers, layout.OUTPUTS: logits}.items():
-        store.create_block(run, ckpt, name, n_features=values.shape[1], dtype=str(values.dtype))
-        store.write_rows(run, ckpt, name, 0, values)
-        store.mark_block_complete(run, ckpt, name)
-    store.set_layer_order(run, ckpt, list(layers))
-    store.mark_checkpoint_complete(run, ckpt)
+from tests.helpers.stores import add_run, create_bare_store, write_checkpoint
 
 
 # --------------------------------------------------------------------------- round trips
@@ -91,7 +45,7 @@ def write_checkpoint(store, run: str, ckpt: str, layers: dict[str, np.ndarray], 
 )
 def test_block_round_trip_any_shape_and_dtype(tmp_path_factory, suffix, n, n_features, dtype, pieces, seed):
     path = tmp_path_factory.mktemp("rt") / f"s{suffix}"
-    store = make_store(path, n=n)
+    store = create_bare_store(path, n=n)
     add_run(store)
     store.add_checkpoint("gen", "epoch_0001", epoch=1)
     store.create_block("gen", "epoch_0001", "fc1", n_features=n_features, dtype=dtype, chunk_rows=max(1, n // 3))
@@ -111,7 +65,7 @@ def test_block_round_trip_any_shape_and_dtype(tmp_path_factory, suffix, n, n_fea
 
 def test_dataset_targets_runs_round_trip(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    store = make_store(path)
+    store = create_bare_store(path)
     area = np.linspace(0, 1, 50)
     store.add_target("area", area, "continuous", description="pixels", family="shape")
     store.add_target("striped", np.arange(50) % 2 == 0, "binary")
@@ -134,7 +88,7 @@ def test_dataset_targets_runs_round_trip(tmp_path, suffix):
 
 
 def test_shared_reduction_indices_written_once(tmp_path, suffix):
-    store = make_store(tmp_path / f"s{suffix}")
+    store = create_bare_store(tmp_path / f"s{suffix}")
     idx = np.array([3, 7, 11])
     store.save_reduction_indices("cnn-1", "conv1", idx, reduction={"kind": "random", "params": {"k": 3}}, source_shape=[4, 5, 5])
     store.save_reduction_indices("cnn-1", "conv1", idx, reduction={"kind": "random", "params": {"k": 3}}, source_shape=[4, 5, 5])
@@ -146,7 +100,7 @@ def test_shared_reduction_indices_written_once(tmp_path, suffix):
 # --------------------------------------------------------------------------- completion
 def test_incomplete_checkpoints_and_blocks_are_hidden(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    store = make_store(path)
+    store = create_bare_store(path)
     add_run(store)
     write_checkpoint(store, "gen", "epoch_0000", {"fc1": np.ones((50, 4), "float32")}, np.zeros((50, 3), "float32"))
     store.add_checkpoint("gen", "epoch_0005", epoch=5)
@@ -168,7 +122,7 @@ def test_incomplete_checkpoints_and_blocks_are_hidden(tmp_path, suffix):
 
 
 def test_resumed_block_keeps_written_rows(tmp_path, suffix):
-    store = make_store(tmp_path / f"s{suffix}")
+    store = create_bare_store(tmp_path / f"s{suffix}")
     add_run(store)
     store.add_checkpoint("gen", "e1", epoch=1)
     store.create_block("gen", "e1", "fc1", n_features=4, reduction={"kind": "flatten"})
@@ -194,7 +148,7 @@ def _edit_root_attrs(path: Path, **changes):
 
 def test_unknown_major_version_is_refused(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    make_store(path)
+    create_bare_store(path)
     _edit_root_attrs(path, schema_version="2.0")
     with pytest.raises(SchemaVersionError) as err:
         open_store(path)
@@ -206,14 +160,14 @@ def test_unknown_major_version_is_refused(tmp_path, suffix):
 
 def test_newer_minor_version_with_extra_keys_is_read(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    make_store(path)
+    create_bare_store(path)
     _edit_root_attrs(path, schema_version="1.7", future_key=1)
     assert open_store(path).n_samples == 50
 
 
 def test_wrong_types_and_extra_keys_are_reported(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    store = make_store(path)
+    store = create_bare_store(path)
     add_run(store)
     store.backend.update_attrs("runs/gen", {"architecture": 5, "surprise": True})
     problems = validate_store(path)
@@ -224,7 +178,7 @@ def test_wrong_types_and_extra_keys_are_reported(tmp_path, suffix):
 
 
 def test_fingerprint_mismatch_is_refused(tmp_path, suffix):
-    store = make_store(tmp_path / f"s{suffix}")
+    store = create_bare_store(tmp_path / f"s{suffix}")
     other = dataset_fingerprint(np.array(["a", "b"]), np.array([0, 1]))
     with pytest.raises(FingerprintMismatchError, match="not the same samples"):
         store.check_fingerprint(other, where="results.parquet")
@@ -233,7 +187,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path, suffix):
 
 def test_tampered_labels_break_the_fingerprint(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    store = make_store(path)
+    store = create_bare_store(path)
     labels = store.labels()
     labels[0] = (labels[0] + 1) % 3
     store.backend.write(layout.SAMPLE_LABEL, labels)
@@ -242,7 +196,7 @@ def test_tampered_labels_break_the_fingerprint(tmp_path, suffix):
 
 @pytest.mark.parametrize("bad", ["..", "../escape", "/abs", "a/b", ".hidden", "", "x" * 300, "zarr.json", "a..b"])
 def test_names_that_could_escape_the_store_are_refused(tmp_path, suffix, bad):
-    store = make_store(tmp_path / f"s{suffix}")
+    store = create_bare_store(tmp_path / f"s{suffix}")
     with pytest.raises(InvalidNameError, match="invalid run name"):
         add_run(store, bad)
     with pytest.raises(InvalidNameError):
@@ -251,7 +205,7 @@ def test_names_that_could_escape_the_store_are_refused(tmp_path, suffix, bad):
 
 
 def test_bad_input_is_refused_before_writing(tmp_path, suffix):
-    store = make_store(tmp_path / f"s{suffix}")
+    store = create_bare_store(tmp_path / f"s{suffix}")
     add_run(store)
     store.add_checkpoint("gen", "e0", epoch=0)
     store.create_block("gen", "e0", "fc1", n_features=3)
@@ -266,12 +220,12 @@ def test_bad_input_is_refused_before_writing(tmp_path, suffix):
     with pytest.raises(NotFoundError, match="did|unknown run|expected"):
         store.train_labels("nope") if False else store.run_info("nope")
     with pytest.raises(ConfigError, match="already exists"):
-        make_store(store.path)
+        create_bare_store(store.path)
 
 
 def test_missing_completion_marker_is_reported(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    store = make_store(path)
+    store = create_bare_store(path)
     add_run(store)
     write_checkpoint(store, "gen", "e0", {"fc1": np.ones((50, 4), "float32")}, np.zeros((50, 3), "float32"))
     store.backend.update_attrs("runs/gen/checkpoints/e0/layers/fc1", {"complete": False})
@@ -281,13 +235,13 @@ def test_missing_completion_marker_is_reported(tmp_path, suffix):
 
 def test_wrong_suffix_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"\.zarr"):
-        make_store(tmp_path / "store.npz")
+        create_bare_store(tmp_path / "store.npz")
 
 
 # --------------------------------------------------------------------------- damage
 def test_zarr_missing_chunk_is_detected(tmp_path):
     path = tmp_path / "s.zarr"
-    store = make_store(path, n=200)
+    store = create_bare_store(path, n=200)
     add_run(store)
     store.add_checkpoint("gen", "e0", epoch=0)
     store.create_block("gen", "e0", "fc1", n_features=4, chunk_rows=50)
@@ -303,7 +257,7 @@ def test_zarr_missing_chunk_is_detected(tmp_path):
 
 def test_zarr_corrupted_chunk_is_a_clear_error(tmp_path):
     path = tmp_path / "s.zarr"
-    store = make_store(path, n=200)
+    store = create_bare_store(path, n=200)
     add_run(store)
     store.add_checkpoint("gen", "e0", epoch=0)
     store.create_block("gen", "e0", "fc1", n_features=4, chunk_rows=50)
@@ -316,7 +270,7 @@ def test_zarr_corrupted_chunk_is_a_clear_error(tmp_path):
 
 def test_truncated_hdf5_file_is_a_clear_error(tmp_path):
     path = tmp_path / "s.h5"
-    make_store(path)
+    create_bare_store(path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(StoreFormatError, match="truncated or not HDF5"):
@@ -326,14 +280,14 @@ def test_truncated_hdf5_file_is_a_clear_error(tmp_path):
 
 def test_broken_zarr_metadata_is_a_clear_error(tmp_path):
     path = tmp_path / "s.zarr"
-    make_store(path)
+    create_bare_store(path)
     (path / "zarr.json").write_text("{ not json")
     with pytest.raises(StoreFormatError, match="cannot open"):
         open_store(path)
 
 
 def test_every_compression_round_trips_and_trades_disk_for_time(tmp_path, suffix):
-    store = make_store(tmp_path / f"s{suffix}", n=600)
+    store = create_bare_store(tmp_path / f"s{suffix}", n=600)
     add_run(store)
     store.add_checkpoint("gen", "e0", epoch=0)
     rng = np.random.default_rng(0)
@@ -353,7 +307,7 @@ def test_every_compression_round_trips_and_trades_disk_for_time(tmp_path, suffix
 
 def test_broken_node_metadata_is_a_clear_error_and_updates_leave_no_temporary_files(tmp_path):
     path = tmp_path / "s.zarr"
-    store = make_store(path)
+    store = create_bare_store(path)
     add_run(store)
     write_checkpoint(store, "gen", "e0", {"fc1": np.ones((50, 4), "float32")}, np.ones((50, 3), "float32"))
     assert not list(path.rglob(".zarr.json.*"))  # attribute updates renamed their temporary files
@@ -394,7 +348,7 @@ WRITER = textwrap.dedent(
 @pytest.mark.slow
 def test_reading_while_another_process_appends(tmp_path, suffix):
     path = tmp_path / f"s{suffix}"
-    store = make_store(path, n=400)
+    store = create_bare_store(path, n=400)
     add_run(store)
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -425,7 +379,7 @@ def test_metadata_is_plain_json(tmp_path):
     import zarr
 
     path = tmp_path / "s.zarr"
-    store = make_store(path)
+    store = create_bare_store(path)
     add_run(store)
     write_checkpoint(store, "gen", "e0", {"fc1": np.ones((50, 4), "float32")}, np.zeros((50, 3), "float32"))
     root = zarr.open_group(str(path), mode="r")

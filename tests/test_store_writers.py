@@ -23,18 +23,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage_schema.cli import main
-from storage_schema.locking import file_lock, writer_lock_path
+from probestore.cli import main
+from probestore.locking import file_lock, writer_lock_path
 from storage_schema.store import create_store, open_store
 from storage_schema.validate import validate_store
 from tests.conftest import MNIST_DIR, REPO, needs_data
-from tests.test_repair import CHECKPOINTS, lock_files, write_experiment
+from tests.helpers.experiments import CHECKPOINTS, lock_files, write_experiment
 
 NOBODY = 65534
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "storage_schema", *args]
+    return [sys.executable, "-m", "probestore", *args]
 
 
 def _complete(path: Path) -> list[str]:
@@ -50,7 +50,7 @@ def _extracted(output: str) -> int:
 _HOLDER = """
 import sys
 from pathlib import Path
-from storage_schema.locking import writer_lock
+from probestore.locking import writer_lock
 with writer_lock(Path(sys.argv[1]), what="test"):
     print("held", flush=True)
     sys.stdin.read()
@@ -245,7 +245,7 @@ def _extract_as_another_user(root: Path, configs: list[Path]) -> tuple[list[int]
 
     env = {**os.environ, "HOME": str(root), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
-    script = ("import sys\nfrom storage_schema.cli import main\n"
+    script = ("import sys\nfrom probestore.cli import main\n"
               "for config in sys.argv[1:]:\n"
               "    rc = main(['extract', config, '--no-progress'])\n"
               "    print(f'\\x00rc={rc}', file=sys.stderr, flush=True)\n")

@@ -22,6 +22,7 @@ from analyze.tcav import (
     tcav_test,
     write_table,
 )
+from probestore.errors import ConfigError, DataError, NotFoundError
 from storage_schema.concept_sets import (
     add_concept_set,
     concept_set_info,
@@ -31,11 +32,9 @@ from storage_schema.concept_sets import (
     set_extra_attrs,
     write_concept_features,
 )
-from storage_schema.errors import ConfigError, DataError, NotFoundError
-from storage_schema.store import create_store, open_store
+from storage_schema.store import open_store
 from storage_schema.validate import validate_store
-
-GRAD = "grad_own_logit"
+from tests.helpers.tcav import GRAD, F, N, U, planted_store
 
 
 def test_fit_cavs_matches_sklearn_per_problem():
@@ -117,46 +116,8 @@ def test_random_sets_are_seeded_and_prefix_stable():
 
 # --------------------------------------------------------------------------- store end to end
 
-N, F = 240, 6
-U = np.array([1.0, 0.5, -1.0, 0.0, 0.0, 0.0]) / np.sqrt(2.25)
-
-
-def _planted_store(path):
-    """Class 0's logit grows along the concept direction U, class 1's shrinks, class 2 is indifferent."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(N) % 3
-    splits = (np.arange(N) // 3 % 2).astype(np.int8) * 2  # train / test alternating
-    splits[::15] = 1  # some valid rows for the RCV
-    striped = rng.random(N) < 0.25
-    X = rng.standard_normal((N, F)) + 4 * striped[:, None] * U
-    grads = rng.standard_normal((N, F)) * 0.3
-    grads[labels == 0] += 2 * U
-    grads[labels == 1] -= 2 * U
-    logits = rng.standard_normal((N, 3))
-    logits[:, 0] += 2 * striped
-    store = create_store(path, dataset_name="toy", sample_ids=[f"s{i:03d}" for i in range(N)], labels=labels,
-                         splits=splits, class_names=["zero", "one", "two"])
-    store.add_target("striped", striped, "binary")
-    store.add_target("stripiness", X @ U + 0.1 * rng.standard_normal(N), "continuous")
-    store.add_run("r", model={"name": "m"}, architecture="m-0", train_labels=labels, corrupted=np.zeros(N, bool),
-                  corruption={"fraction": 0.0, "mode": "none", "seed": 0})
-    store.add_checkpoint("r", "e1", epoch=1)
-    store.create_block("r", "e1", "fc", n_features=F)
-    store.create_block("r", "e1", "outputs", n_features=3)
-    store.write_rows("r", "e1", "fc", 0, X.astype(np.float32))
-    store.write_rows("r", "e1", "outputs", 0, logits.astype(np.float32))
-    for b in ("fc", "outputs"):
-        store.mark_block_complete("r", "e1", b)
-    store.mark_checkpoint_complete("r", "e1")
-    store.write_extra("r", "e1", "fc", GRAD, grads.astype(np.float32))
-    set_extra_attrs(store, "r", "e1", "fc", GRAD, {"kind": "gradient", "of": "own_class_logit",
-                                                   "reduction": {"kind": "none"}, "lift_scale": 1.0,
-                                                   "complete": True, "rows_done": N})
-    return store, dict(X=X, grads=grads, labels=labels, splits=splits, striped=striped, logits=logits)
-
-
 def test_tcav_end_to_end_planted_concept_and_reruns_identical(tmp_path):
-    store, data = _planted_store(tmp_path / "s.zarr")
+    store, data = planted_store(tmp_path / "s.zarr")
     store.close()
     opts = TCAVOptions(repeats=8, random_size=20, seed=1, conexp_score="prob")
     rows = run_tcav(tmp_path / "s.zarr", opts)
@@ -194,7 +155,7 @@ def test_tcav_end_to_end_planted_concept_and_reruns_identical(tmp_path):
 
 
 def test_concept_sets_in_the_store(tmp_path):
-    store, data = _planted_store(tmp_path / "s.h5")
+    store, data = planted_store(tmp_path / "s.h5")
     rows = np.flatnonzero(data["striped"])[:30]
     ids = store.sample_ids()[rows]
     add_concept_set(store, "banded", kind="dataset", sample_ids=ids, rows=rows, source="examples/banded")
@@ -234,7 +195,7 @@ def test_concept_sets_in_the_store(tmp_path):
 
 
 def test_errors_name_the_fix(tmp_path):
-    store, _ = _planted_store(tmp_path / "s.zarr")
+    store, _ = planted_store(tmp_path / "s.zarr")
     store.add_target("never", np.zeros(N, bool), "binary")
     store.close()
     rows = run_tcav(tmp_path / "s.zarr", TCAVOptions(repeats=2, rcv=False, conexp=False))
@@ -246,7 +207,7 @@ def test_errors_name_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="repeats"):
         TCAVOptions(repeats=1)
     # without gradients TCAV is refused with the extraction option to set
-    s2, _ = _planted_store(tmp_path / "t.zarr")
+    s2, _ = planted_store(tmp_path / "t.zarr")
     set_extra_attrs(s2, "r", "e1", "fc", GRAD, {"complete": False})
     s2.close()
     with pytest.raises(ConfigError, match="gradients = true"):
@@ -256,7 +217,7 @@ def test_errors_name_the_fix(tmp_path):
 
 
 def test_cli_writes_the_table(tmp_path, capsys):
-    store, _ = _planted_store(tmp_path / "s.zarr")
+    store, _ = planted_store(tmp_path / "s.zarr")
     store.close()
     parser = argparse.ArgumentParser()
     tcav_commands.register(parser.add_subparsers(dest="command"))
@@ -278,7 +239,7 @@ def test_cli_writes_the_table(tmp_path, capsys):
 
 def _multi_block_store(path):
     """The planted store plus a second checkpoint with three gradient layers: four TCAV tasks."""
-    store, data = _planted_store(path)
+    store, data = planted_store(path)
     rng = np.random.default_rng(5)
     store.add_checkpoint("r", "e2", epoch=2)
     store.create_block("r", "e2", "outputs", n_features=3)
@@ -337,7 +298,7 @@ def test_table_identical_in_process_and_on_one_or_two_dask_workers(tmp_path):
 
 def test_rcv_that_cannot_be_fitted_is_a_failed_row_not_dropped(tmp_path, capsys):
     """A constant concept target gives one ``failed`` RCV row saying why; the others stay ``ok``."""
-    store, _ = _planted_store(tmp_path / "s.zarr")
+    store, _ = planted_store(tmp_path / "s.zarr")
     store.add_target("flat", np.ones(N), "continuous")
     store.close()
     rows = run_tcav(tmp_path / "s.zarr", TCAVOptions(repeats=2, random_size=15, conexp=False))

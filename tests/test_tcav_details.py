@@ -15,10 +15,10 @@ from sklearn.linear_model import LogisticRegression
 from analyze import tcav as tcav_mod
 from analyze import tcav_commands
 from analyze.tcav import TCAVOptions, fit_cavs, holdout_masks, run_tcav, write_table
+from probestore.errors import ConfigError
 from storage_schema.concept_sets import add_concept_set, set_extra_attrs
-from storage_schema.errors import ConfigError
 from storage_schema.store import open_store
-from tests.test_tcav import GRAD, N, _planted_store
+from tests.helpers.tcav import GRAD, N, planted_store
 
 
 def test_holdout_is_stratified_seeded_and_keyed_by_problem():
@@ -58,7 +58,7 @@ def test_heldout_accuracy_is_sklearn_fitted_on_the_rest():
 
 
 def test_table_reports_heldout_accuracy_under_a_versioned_schema(tmp_path):
-    store, _ = _planted_store(tmp_path / "s.zarr")
+    store, _ = planted_store(tmp_path / "s.zarr")
     store.close()
     opts = TCAVOptions(repeats=3, random_size=20, seed=2, conexp=False)
     rows = run_tcav(tmp_path / "s.zarr", opts)
@@ -67,14 +67,14 @@ def test_table_reports_heldout_accuracy_under_a_versioned_schema(tmp_path):
     assert (t.cav_train_accuracy >= t.cav_heldout_accuracy - 0.2).all()
     path = write_table(rows, tmp_path / "t.parquet", opts)
     meta = pq.read_schema(path).metadata
-    assert json.loads(meta[b"probestore.tcav_table"]) == {"version": tcav_mod.TABLE_VERSION} and \
-        tcav_mod.TABLE_VERSION == "2"
+    assert json.loads(meta[b"probestore.table"]) == {"name": "tcav", "version": tcav_mod.TABLE_VERSION} and \
+        tcav_mod.TABLE_VERSION == "2.1"
     assert "cav_heldout_accuracy" in pd.read_parquet(path).columns
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_random_sets_never_count_the_concept_examples_as_counterexamples(tmp_path, suffix, monkeypatch):
-    store, data = _planted_store(tmp_path / f"s{suffix}")
+    store, data = planted_store(tmp_path / f"s{suffix}")
     concept = np.flatnonzero(data["striped"])[:30]
     add_concept_set(store, "banded", kind="dataset", sample_ids=store.sample_ids()[concept], rows=concept)
     others = np.flatnonzero(~data["striped"])
@@ -115,7 +115,7 @@ def test_bonferroni_is_on_by_default_in_the_options_the_cli_and_the_table(tmp_pa
     tcav_commands.register(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["tcav", "s.zarr"]).bonferroni is True
     assert parser.parse_args(["tcav", "s.zarr", "--no-bonferroni"]).bonferroni is False
-    store, _ = _planted_store(tmp_path / "s.zarr")
+    store, _ = planted_store(tmp_path / "s.zarr")
     store.close()
     default = pd.DataFrame(run_tcav(tmp_path / "s.zarr", TCAVOptions(repeats=3, random_size=20, rcv=False)))
     t = default[default.method == "tcav"]
@@ -132,7 +132,7 @@ def test_bonferroni_is_on_by_default_in_the_options_the_cli_and_the_table(tmp_pa
 ])
 def test_rcv_sensitivity_is_scaled_by_the_reductions_lift_scale(tmp_path, reduction, scale):
     """The derivative is per unit move of the reduced features; a stale recorded 1 is not used."""
-    store, _ = _planted_store(tmp_path / "s.zarr")
+    store, _ = planted_store(tmp_path / "s.zarr")
     store.close()
     opts = TCAVOptions(concepts=(), conexp=False)
     plain = pd.DataFrame(run_tcav(tmp_path / "s.zarr", opts)).set_index("class_name")

@@ -11,11 +11,12 @@ import torch
 
 from extract.checkpoints import load_into, load_state_dict, resolve_checkpoints, sha256_file
 from extract.corruption import corrupt_labels
-from extract.datasets import DatasetSpec, load_dataset
+from extract.datasets import load_dataset
 from extract.models import ModelSpec, build_model
 from extract.splits import assign_splits
-from extract.train import TrainConfig, train_model
-from storage_schema.errors import ConfigError, DataError, InvalidNameError
+from extract.train import train_model
+from probestore.errors import ConfigError, DataError, InvalidNameError
+from probestore.experiment import DatasetSpec, TrainConfig
 
 pytestmark = pytest.mark.torch
 

@@ -19,9 +19,9 @@ import torch
 import zarr
 from torch import nn
 
-from extract.config import ExtractOptions
 from extract.gradients import extract_gradients
 from extract.runner import extract_checkpoint, plan_extraction
+from probestore.experiment import ExtractOptions
 from storage_schema import layout
 from storage_schema.concept_sets import (
     add_concept_set,
@@ -31,7 +31,7 @@ from storage_schema.concept_sets import (
 )
 from storage_schema.store import create_store
 from storage_schema.validate import validate_store
-from tests.test_gradients import _Data
+from tests.helpers.torch_data import IndexedDataset
 
 N, CHUNK = 70, 32
 GRAD = "grad_own_logit"
@@ -63,7 +63,7 @@ def _build(path: Path) -> Path:
     store.add_checkpoint("r", "e1", epoch=1)
     torch.manual_seed(0)
     model = SmallCNN().eval()
-    data = _Data(torch.randn(N, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
+    data = IndexedDataset(torch.randn(N, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
     opts = ExtractOptions(layers=("conv1", "conv2"), reductions={"conv1": "gap", "conv2": "random:30"},
                           batch_size=16, chunk_rows=CHUNK, device="cpu")
     plan = plan_extraction(model, (3, 6, 6), opts)

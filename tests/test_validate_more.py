@@ -16,13 +16,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import zarr
 
 from extract.corruption import corrupt_labels
 from extract.splits import assign_splits
+from probestore.cli import main
 from storage_schema import layout
-from storage_schema.cli import main
 from storage_schema.store import create_store, open_store
 from storage_schema.validate import split_warnings, validate_store
 from tests.conftest import DTD_DIR, MNIST_DIR, needs_data
@@ -62,11 +61,6 @@ def _validate(path: Path, capsys) -> tuple[int, list[str], str]:
     code = main(["validate", str(path)])
     out = capsys.readouterr()
     return code, out.err.splitlines(), out.out
-
-
-@pytest.fixture(params=[".zarr", ".h5"])
-def suffix(request) -> str:
-    return request.param
 
 
 # --------------------------------------------------------------------------- splits lacking classes

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -29,34 +28,10 @@ from analyze.report.html import render_html
 from analyze.report.markdown import render_markdown
 from analyze.report.sensitivity import make_sensitivity_figures, read_tcav
 from analyze.report.table import ResultsView, make_view, read_results
+from probestore.atomic import atomic_write
 
 __all__ = ["build_report", "Finding", "FigureResult", "ResultsView", "read_results", "make_view", "compute_findings",
            "read_tcav"]
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter before 3.13)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a page.
-
-    ``mkstemp`` creates the file with mode 0600; the page is given the mode any other
-    new file would get (0666 minus the umask), so that a report folder that is served
-    or shared stays readable.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _names(value: str | Sequence[str] | None) -> list[str] | None:
@@ -146,16 +121,16 @@ def build_report(
         table_layer = view.check_layer(str(table_layer), "table_layer")
 
     if embedding_method not in ("pca", "tsne"):
-        from storage_schema.errors import ConfigError, did_you_mean
+        from probestore.errors import ConfigError, did_you_mean
 
         raise ConfigError(f"unknown embedding method {embedding_method!r}", where="embedding_method",
                           expected="pca or tsne", got=repr(embedding_method),
                           fix=did_you_mean(str(embedding_method), ("pca", "tsne")) or "use pca or tsne")
     cka = None
     if similarity_path is not None:
-        from analyze.similarity import read_table as read_cka
+        from analyze.tables import CKA, read_table
 
-        cka = read_cka(similarity_path)
+        cka = read_table(similarity_path, CKA)
     tcav = read_tcav(tcav_path) if tcav_path is not None else None
 
     out = Path(out_dir) if out_dir is not None else results_path.with_name(f"{results_path.stem}_report")
@@ -171,9 +146,9 @@ def build_report(
         models = run_models(store_path) if store_path is not None else None
         findings = compute_findings(view, concept=concepts[0] if concepts else None, models=models)
         source = str(results_path)
-        _atomic_write_text(out / "report.md", render_markdown(view, findings, figures, source=source))
+        atomic_write(out / "report.md", render_markdown(view, findings, figures, source=source))
         index = out / "index.html"
-        _atomic_write_text(index, render_html(view, findings, figures, source=source))
+        atomic_write(index, render_html(view, findings, figures, source=source))
     line = summary_line(view.table if view.table is not None else view.rows)
     if line and log is not None:
         log(line)
@@ -187,7 +162,7 @@ def _report_write_errors(out: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         from analyze.engine import write_fix
-        from storage_schema.errors import ProbestoreError
+        from probestore.errors import ProbestoreError
 
         reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
         raise ProbestoreError(

@@ -34,9 +34,9 @@ from analyze.report.figures import (
     FigureResult,
     NotRequested,
     SkipFigure,
-    _epoch_label,
-    _layer_axis,
     draw_figures,
+    epoch_label,
+    layer_axis,
 )
 from analyze.report.table import ResultsView, natural_key
 
@@ -185,7 +185,7 @@ def plot_cka_runs(data: pd.DataFrame, view: ResultsView) -> Figure:
         when = f"epoch {sub['epoch'].iloc[0]}" if sub["epoch"].iloc[0] >= 0 else sub["checkpoint"].iloc[0]
         ax.plot([pos[x] for x in sub["layer"]], sub["cka"], marker="o", color=style.OKABE_ITO[k % 8],
                 label=f"{pair} ({when})")
-    _layer_axis(ax, layers)
+    layer_axis(ax, layers)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("linear CKA between runs")
     ax.grid(alpha=0.3)
@@ -222,7 +222,7 @@ def plot_mdl_layers(data: pd.DataFrame, view: ResultsView) -> Figure:
         ls = "-" if target == "true_labels" else ":"
         ax.plot([pos[x] for x in sub["layer"]], sub["compression"], ls, marker="o", color=colours[run],
                 label=f"{style.run_label(run, view.corruption[run])}, {target}")
-    _layer_axis(ax, layers)
+    layer_axis(ax, layers)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_ylabel("compression (uniform / online codelength)")
     ax.grid(alpha=0.3)
@@ -258,7 +258,7 @@ def plot_mdl_epochs(data: pd.DataFrame, view: ResultsView) -> Figure:
                 ax.plot(line["x"], line["mdl_compression"], LAYER_STYLES[k % len(LAYER_STYLES)], marker="o",
                         color=colours[run], label=f"{style.run_label(run, view.corruption[run])}, {layer}")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel(_epoch_label(view, list(data["run"].unique())))
+    ax.set_xlabel(epoch_label(view, list(data["run"].unique())))
     ax.set_ylabel("compression (true labels)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")

@@ -96,14 +96,19 @@ class FigureResult:
     section: str = "Figures"
 
 
-def _layer_axis(ax, layers: list[str]) -> None:
+def layer_axis(ax, layers: list[str]) -> None:
+    """Label an x axis with layer names, input to output (rotated when they would overlap).
+
+    Every per-layer figure uses it, so layers read the same way in the whole report.
+    """
     ax.set_xticks(range(len(layers)))
     rotate = 45 if len(layers) > 6 or max((len(s) for s in layers), default=0) > 8 else 0
     ax.set_xticklabels(layers, rotation=rotate, ha="right" if rotate else "center")
     ax.set_xlabel("layer (input → output)")
 
 
-def _epoch_label(view: ResultsView, runs: list[str]) -> str:
+def epoch_label(view: ResultsView, runs: list[str]) -> str:
+    """The x-axis label of a per-checkpoint figure: "epoch" when every run records epochs."""
     return "epoch" if all(view.has_epochs(r) for r in runs) else "checkpoint index"
 
 
@@ -146,7 +151,7 @@ def plot_layer_error(data: pd.DataFrame, view: ResultsView) -> Figure:
             marker="o", color=colours[run], label=f"{style.run_label(run, view.corruption[run])}, {role} ({when})",
         )  # fmt: skip
         flags.mark_points(ax, [pos[x] for x in sub["layer"]], 100 * sub["test_error"], sub["flag"])
-    _layer_axis(ax, layers)
+    layer_axis(ax, layers)
     ax.set_ylabel("probe test error (%)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -197,7 +202,7 @@ def plot_error_heatmap(data: dict[str, pd.DataFrame], view: ResultsView) -> Figu
         ]
         ax.set_xticks(range(len(mat.columns)))
         ax.set_xticklabels(labels, rotation=0 if view.has_epochs(run) else 45)
-        ax.set_xlabel(_epoch_label(view, [run]))
+        ax.set_xlabel(epoch_label(view, [run]))
         ax.set_ylabel("layer")
         ax.set_title(style.run_label(run, view.corruption[run]), color=colours[run], fontsize="medium")
         if values.size <= 200:
@@ -268,7 +273,7 @@ def plot_rcv_epochs(data: pd.DataFrame, view: ResultsView) -> Figure:
                         color=colours[run], label=f"{style.run_label(run, view.corruption[run])}, {layer}")  # fmt: skip
                 flags.mark_points(ax, line["x"], line["test_r2"], line["flag"])
         ax.set_title(f"concept: {concept}")
-        ax.set_xlabel(_epoch_label(view, list(sub["run"].unique())))
+        ax.set_xlabel(epoch_label(view, list(sub["run"].unique())))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("RCV test R² (1 = perfect, 0 = mean)")
     axes[0].legend(fontsize="x-small")
@@ -375,7 +380,7 @@ def plot_clean_corrupted(data: pd.DataFrame, view: ResultsView) -> Figure:
             if not line.empty:
                 ax.plot(line["x"], 100 * line["accuracy"], ls, marker=marker, color=colours[run], label=series)
         ax.set_title(style.run_label(run, view.corruption[run]), color=colours[run], fontsize="medium")
-        ax.set_xlabel(_epoch_label(view, [run]))
+        ax.set_xlabel(epoch_label(view, [run]))
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("model accuracy on the train split (%)")
@@ -526,7 +531,7 @@ def plot_selectivity(data: pd.DataFrame, view: ResultsView) -> Figure:
         ax2.plot(x, 100 * sub["control_train_accuracy"], "-o", color=colours[run], label=f"{label}, train")
         ax2.plot(x, 100 * sub["control_test_accuracy"], "--", marker="x", color=colours[run], label=f"{label}, test")
     for a in (ax, ax2):
-        _layer_axis(a, layers)
+        layer_axis(a, layers)
         a.grid(alpha=0.3)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("selectivity (accuracy points, true − control)")

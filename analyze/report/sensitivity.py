@@ -22,9 +22,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analyze.report import style
-from analyze.report.figures import FigureResult, NotRequested, SkipFigure, _layer_axis
+from analyze.report.figures import FigureResult, NotRequested, SkipFigure, layer_axis
 from analyze.report.table import ResultsView, natural_key
-from storage_schema.errors import ConfigError, DataError, NotFoundError
+from analyze.tables import TCAV, read_table
+from probestore.errors import ConfigError, DataError, NotFoundError
 
 __all__ = ["read_tcav", "tcav_table_data", "tcav_layers_data", "rcv_sensitivity_data", "conexp_data",
            "plot_tcav_layers", "make_sensitivity_figures", "SECTION", "MAX_TABLE_ROWS"]
@@ -74,13 +75,10 @@ def read_tcav(path: str | Path) -> pd.DataFrame:
         raise NotFoundError("TCAV table not found", where=str(path),
                             expected="a .parquet table written by `probestore tcav`", fix=fix)
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    elif suffix == ".csv":
-        df = pd.read_csv(path)
-    else:
+    if suffix not in (".parquet", ".pq", ".csv"):
         raise ConfigError("unknown TCAV table format", where=str(path), expected="a .parquet or .csv file",
                           got=repr(suffix or "no suffix"), fix=fix)
+    df = read_table(path, TCAV)
     missing = [c for c in KEY_COLUMNS if c not in df.columns]
     if "method" in df.columns and (df["method"] == "tcav").any():
         missing += [c for c in TCAV_COLUMNS if c not in df.columns]
@@ -94,11 +92,11 @@ def read_tcav(path: str | Path) -> pd.DataFrame:
     for col in ("method", "run", "checkpoint", "concept", "class_name"):
         df[col] = df[col].astype(str)
     df["layer"] = df["layer"].where(df["layer"].notna(), None)
-    for col in NUMERIC:
-        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+    for col in NUMERIC:  # floats for the figures and tables (a missing count is NaN, not pd.NA)
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64") if col in df.columns else np.nan
     df["epoch"] = df["epoch"].fillna(-1).astype(int)
     sig = df["significant"] if "significant" in df.columns else pd.Series(False, index=df.index)
-    df["significant"] = sig.map(lambda v: str(v).lower() in ("true", "1", "1.0", "yes"))
+    df["significant"] = sig.astype("boolean").fillna(False).astype(bool)
     return df
 
 
@@ -224,7 +222,7 @@ def plot_tcav_layers(data: pd.DataFrame, view: ResultsView) -> Figure:
             if sig.any():
                 ax.scatter(x[sig], sub["score_mean"].to_numpy()[sig], s=160, facecolors="none",
                            edgecolors=colours[run], linewidths=1.2)
-        _layer_axis(ax, layers)
+        layer_axis(ax, layers)
         ax.axhline(0.5, color="grey", lw=0.8)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("TCAV score")

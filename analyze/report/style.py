@@ -13,13 +13,14 @@ its own) and nothing needs a display. Saving a bare ``Figure`` renders with Agg.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+
+from probestore.atomic import atomic_path
 
 #: Okabe & Ito (2008) colour-blind safe palette, black last (kept for text).
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -67,8 +68,6 @@ def new_figure(n_panels: int = 1, *, width: float = 5.0, height: float = 3.6, sh
 
 
 def save(fig: Figure, path) -> None:
-    """Write a PNG (Agg renderer, no pyplot) under a temporary name, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    """Write a PNG (Agg renderer, no pyplot) atomically: a reader never sees half a figure."""
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)

@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from analyze.report.flags import flag_of
-from storage_schema.errors import ConfigError, DataError, NotFoundError, did_you_mean
+from analyze.tables import RESULTS, read_table
+from probestore.errors import ConfigError, DataError, NotFoundError, did_you_mean
 
 #: Columns without which no row can be placed in any figure.
 KEY_COLUMNS = ("run", "checkpoint", "layer", "probe", "target")
 
-#: Numeric columns of the results table schema (``analyze/results.py``); a table
+#: Numeric columns of the results table schema (:data:`analyze.tables.RESULTS`); a table
 #: without some of them (an older or hand-made table) gets them as NaN.
 NUMERIC_COLUMNS = (
     "corruption_fraction", "epoch", "n_features", "hyperparameter_value",
@@ -97,11 +98,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
             fix="run `probestore analyze` first, or check the path",
         )
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        df = _read_parquet(path)
-    elif suffix == ".csv":
-        df = _read_csv(path)
-    else:
+    if suffix not in (".parquet", ".pq", ".csv"):
         raise ConfigError(
             "unknown results table format",
             where=str(path),
@@ -109,42 +106,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
             got=repr(suffix or "no suffix"),
             fix="pass the .parquet table (or its .csv export) written by `probestore analyze`",
         )
-    return normalise(df, where=str(path))
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    from analyze.results import unreadable_table
-
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise unreadable_table(path, exc) from None
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV export; a Parquet file under a .csv name (old ``analyze -o res.csv``) is named as such."""
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic == b"PAR1":
-        target = path.with_suffix(".parquet")
-        raise DataError(
-            "this .csv file holds a Parquet table (an older `probestore analyze -o X.csv` wrote Parquet "
-            "under a .csv name)",
-            where=str(path),
-            expected="CSV text",
-            got="Parquet bytes (PAR1)",
-            fix=f"rename it: mv {path} {target}; then pass {target}",
-        )
-    try:
-        return pd.read_csv(path, keep_default_na=True)
-    except (UnicodeDecodeError, ValueError) as exc:  # pandas' ParserError / EmptyDataError are ValueErrors
-        raise DataError(
-            "the results table is not a readable CSV file",
-            where=str(path),
-            expected="the .csv export written by `probestore analyze`",
-            got=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
-            fix="pass the .parquet table it was exported from, or rerun `probestore analyze` to rewrite both",
-        ) from None
+    return normalise(read_table(path, RESULTS), where=str(path))
 
 
 def normalise(df: pd.DataFrame, *, where: str = "results table") -> pd.DataFrame:
@@ -210,9 +172,6 @@ class ResultsView:
         return df
 
     # ------------------------------------------------------------------ roles
-    def first_checkpoint(self, run: str) -> str:
-        return self.checkpoints[run][0]
-
     def last_checkpoint(self, run: str) -> str:
         return self.checkpoints[run][-1]
 
@@ -274,11 +233,6 @@ class ResultsView:
             if name in self.layers:
                 return name
         return None
-
-    def layers_of(self, run: str, checkpoint: str, probe: str, target: str | None = None) -> list[str]:
-        """Layers (model order) that have a row of this probe at this checkpoint."""
-        present = set(self.select(probe, target, run=run, checkpoint=checkpoint)["layer"])
-        return [layer for layer in self.layers if layer in present]
 
     def concepts(self) -> list[str]:
         """RCV targets, in order of first appearance."""

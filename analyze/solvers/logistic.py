@@ -56,8 +56,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze.metrics import cross_entropy, top_k_error
+from analyze.solvers.grids import DEFAULT_CS, check_Cs
 from analyze.solvers.standardize import Standardizer
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
 
 _SPLITS = ("train", "valid", "test")
 _METRICS = ("error", "top5_error", "ce")
@@ -194,17 +195,7 @@ def _lbfgs(fun, theta0, *, tol, max_iter, f_noise):
         if idx.size == 0:
             break
         gi = g[idx]
-        order = [(slot - 1 - j) % _HISTORY for j in range(_HISTORY)]  # newest first
-        q = gi.copy()
-        a = np.zeros((_HISTORY, idx.size))
-        for j in order:
-            a[j] = rho[j, idx] * np.einsum("pd,pd->p", S[j, idx], q)
-            q -= a[j][:, None] * Yh[j, idx]
-        r = gamma[idx, None] * q
-        for j in reversed(order):
-            b = rho[j, idx] * np.einsum("pd,pd->p", Yh[j, idx], r)
-            r += S[j, idx] * (a[j] - b)[:, None]
-        d = -r
+        d = _search_direction(gi, idx, S, Yh, rho, gamma, slot)
         gd = np.einsum("pd,pd->p", gi, d)
         bad = ~(gd < 0)
         if bad.any():  # lost descent: restart from steepest descent
@@ -215,32 +206,7 @@ def _lbfgs(fun, theta0, *, tol, max_iter, f_noise):
         t = np.ones(idx.size)
         first = fresh[idx]
         t[first] = np.minimum(1.0, 1.0 / np.sqrt(-gd[first]))
-        pend = np.arange(idx.size)
-        new_theta = np.empty_like(gi)
-        new_f = np.empty(idx.size)
-        new_g = np.empty_like(gi)
-        for _ls in range(_MAX_LINESEARCH):
-            pi = idx[pend]
-            th = theta[pi] + t[pend, None] * d[pend]
-            fn, gn = fun(th, pi)
-            f0, gd0 = f[pi], gd[pend]
-            armijo = fn <= f0 + _C1 * t[pend] * gd0
-            slope = np.einsum("pd,pd->p", gn, d[pend])
-            approx = (fn <= f0 + f_noise * np.abs(f0)) & (slope <= (2 * _DELTA - 1) * gd0)
-            acc = np.isfinite(fn) & (armijo | approx)
-            done = pend[acc]
-            new_theta[done], new_f[done], new_g[done] = th[acc], fn[acc], gn[acc]
-            rej = pend[~acc]
-            if rej.size == 0:
-                pend = rej
-                break
-            # quadratic interpolation of the rejected steps, safeguarded to [0.1 t, 0.5 t]
-            tr, fr, f0r, gdr = t[rej], fn[~acc], f0[~acc], gd0[~acc]
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                tq = -gdr * tr**2 / (2.0 * (fr - f0r - gdr * tr))
-            tq = np.where(np.isfinite(tq), tq, 0.1 * tr)
-            t[rej] = np.clip(tq, 0.1 * tr, 0.5 * tr)
-            pend = rej
+        new_theta, new_f, new_g, pend = _line_search(fun, theta, f, idx, d, gd, t, f_noise, gi.dtype)
         ok = np.ones(idx.size, dtype=bool)
         ok[pend] = False
         status[idx[pend]] = "stalled"
@@ -263,6 +229,62 @@ def _lbfgs(fun, theta0, *, tol, max_iter, f_noise):
         active[conv] = False
         slot = (slot + 1) % _HISTORY
     return theta, f, n_iter, status, np.abs(g).max(axis=1)
+
+
+def _search_direction(gi, idx, S, Yh, rho, gamma, slot) -> np.ndarray:
+    """L-BFGS two-loop recursion: ``-H g`` for the problems ``idx`` from their curvature history.
+
+    ``S``, ``Yh``, ``rho`` are ring buffers of ``_HISTORY`` pairs (``slot`` is the next
+    one written); a pair with ``rho`` 0 is absent and contributes nothing.
+    """
+    order = [(slot - 1 - j) % _HISTORY for j in range(_HISTORY)]  # newest first
+    q = gi.copy()
+    a = np.zeros((_HISTORY, idx.size))
+    for j in order:
+        a[j] = rho[j, idx] * np.einsum("pd,pd->p", S[j, idx], q)
+        q -= a[j][:, None] * Yh[j, idx]
+    r = gamma[idx, None] * q
+    for j in reversed(order):
+        b = rho[j, idx] * np.einsum("pd,pd->p", Yh[j, idx], r)
+        r += S[j, idx] * (a[j] - b)[:, None]
+    return -r
+
+
+def _line_search(fun, theta, f, idx, d, gd, t, f_noise, dtype):
+    """Backtrack each problem's step ``t`` along ``d`` until Armijo or approximate Wolfe holds.
+
+    Rejected steps shrink by safeguarded quadratic interpolation (to [0.1 t, 0.5 t]), at
+    most ``_MAX_LINESEARCH`` times. Returns the accepted points, values and gradients
+    (rows of ``idx``; points and gradients in ``dtype``, the gradients' precision), and the
+    positions in ``idx`` whose search failed (stalled).
+    """
+    pend = np.arange(idx.size)
+    new_theta = np.empty(d.shape, dtype=dtype)
+    new_f = np.empty(idx.size)
+    new_g = np.empty(d.shape, dtype=dtype)
+    for _ls in range(_MAX_LINESEARCH):
+        pi = idx[pend]
+        th = theta[pi] + t[pend, None] * d[pend]
+        fn, gn = fun(th, pi)
+        f0, gd0 = f[pi], gd[pend]
+        armijo = fn <= f0 + _C1 * t[pend] * gd0
+        slope = np.einsum("pd,pd->p", gn, d[pend])
+        approx = (fn <= f0 + f_noise * np.abs(f0)) & (slope <= (2 * _DELTA - 1) * gd0)
+        acc = np.isfinite(fn) & (armijo | approx)
+        done = pend[acc]
+        new_theta[done], new_f[done], new_g[done] = th[acc], fn[acc], gn[acc]
+        rej = pend[~acc]
+        if rej.size == 0:
+            pend = rej
+            break
+        # quadratic interpolation of the rejected steps, safeguarded to [0.1 t, 0.5 t]
+        tr, fr, f0r, gdr = t[rej], fn[~acc], f0[~acc], gd0[~acc]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            tq = -gdr * tr**2 / (2.0 * (fr - f0r - gdr * tr))
+        tq = np.where(np.isfinite(tq), tq, 0.1 * tr)
+        t[rej] = np.clip(tq, 0.1 * tr, 0.5 * tr)
+        pend = rej
+    return new_theta, new_f, new_g, pend
 
 
 # --------------------------------------------------------------------------- validation
@@ -324,15 +346,6 @@ def _check_labels(name, ys, Xs, n_classes):
     return out, ""
 
 
-def _check_Cs(Cs) -> np.ndarray:
-    c = np.asarray(Cs, dtype=np.float64).ravel()
-    if c.size == 0 or not np.all(np.isfinite(c)) or np.any(c <= 0):
-        raise ConfigError("invalid inverse-regularization grid", where="Cs",
-                          expected="a non-empty sequence of finite values > 0",
-                          got=repr(np.asarray(Cs).tolist()), fix="e.g. Cs = np.logspace(-4, 2, 7)")
-    return np.unique(c)
-
-
 # --------------------------------------------------------------------------- the block solver
 
 
@@ -372,7 +385,7 @@ def fit_logistic_block(
     X_valid,
     X_test,
     label_sets: Mapping[str, tuple],
-    Cs: Sequence[float] = tuple(np.logspace(-4, 2, 7)),
+    Cs: Sequence[float] = DEFAULT_CS,
     *,
     n_classes: int,
     max_iter: int = 500,
@@ -423,79 +436,21 @@ def fit_logistic_block(
     ConfigError
         Bad ``Cs``, ``n_classes``, ``max_iter``, ``tol``, ``warm_start`` or ``fixed_C``.
     """
-    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
-        raise ConfigError("n_classes must be an integer >= 2", where="n_classes", got=repr(n_classes))
-    if not (tol > 0 and max_iter >= 1):
-        raise ConfigError("tol must be > 0 and max_iter >= 1", where="fit_logistic_block",
-                          got=f"tol={tol}, max_iter={max_iter}")
-    if not label_sets:
-        raise ConfigError("no label sets given", where="label_sets", expected="at least one")
-    C_grid = _check_Cs(Cs)
+    _check_options(n_classes, tol, max_iter, label_sets)
+    C_grid = check_Cs(Cs)
     fixed = _check_fixed(fixed_C, label_sets)
     K = int(n_classes)
     dtype = np.dtype(dtype)
     X_train = _check_X(X_train, "train", None)
     F = X_train.shape[1]
-    X_valid = _check_X(X_valid, "valid", F)
-    X_test = _check_X(X_test, "test", F)
-    Xraw = (X_train, X_valid, X_test)
-
-    labels, failures = {}, {}
-    for name, ys in label_sets.items():
-        lab, why = _check_labels(name, ys, Xraw, K)
-        if lab is None:
-            failures[name] = why
-        else:
-            labels[name] = lab
-    if not labels:
-        raise DataError("no label set can be fitted", where="label_sets",
-                        got="; ".join(f"{k}: {v}" for k, v in failures.items()),
-                        fix="check the labels of this dataset / run")
-
-    std = Standardizer.fit(X_train)
-    n = X_train.shape[0]
-    Xs = [None if X is None else std.transform(X) for X in Xraw]
-    basis = None
-    if F > n:  # row space of the standardized train features (exact for an L2 penalty)
-        X0 = Xs[0]
-        assert X0 is not None, "X_train was validated above"
-        basis, _ = np.linalg.qr(X0.T)
-        Xs = [None if X is None else X @ basis for X in Xs]
-    Xw = [None if X is None else np.ascontiguousarray(X, dtype=dtype) for X in Xs]
-    Xw0 = Xw[0]
-    assert Xw0 is not None, "X_train was validated above"
-    Fw = Xw0.shape[1]
-    method = "primal" if basis is None else "rowspace"
-    space = _Space(Xw, std, basis, F, Fw, K, n, dtype, labels)
+    Xraw = (X_train, _check_X(X_valid, "valid", F), _check_X(X_test, "test", F))
+    labels, failures = _usable_label_sets(label_sets, Xraw, K)
+    space = _working_space(Xraw, labels, K, dtype)
+    method = "primal" if space.basis is None else "rowspace"
 
     names = [nm for nm in labels if nm not in fixed]
-    P = len(names)
-    A = C_grid.size
-    path = {nm: _empty_path(A) for nm in labels}
-    thetas = np.zeros((A, P, Fw + 1, K))
-    prev = np.zeros((P, Fw + 1, K))
-    fun_of = space.problems(names)
-    keep = space.keep(names)
-    for a, C in enumerate(C_grid):
-        if P == 0:
-            break
-        inv_cn = np.full(P, 1.0 / (C * n))
-        fun = fun_of(inv_cn)
-        init = prev * keep[:, None, :]
-        if warm_start:
-            cand = np.array(init)
-            use = np.zeros(P, dtype=bool)
-            for p, nm in enumerate(names):
-                w = _warm_candidate(warm_start.get(nm), C, std, basis, F, K, nm)
-                if w is not None:
-                    cand[p], use[p] = w * keep[p][None, :], True
-            if use.any():
-                init = _lower_objective(fun, [init, cand], use)
-        theta = space.solve(fun, init, tol, max_iter)
-        prev = theta
-        thetas[a] = theta
-        space.record(path, names, theta, a)
-
+    path = {nm: _empty_path(C_grid.size) for nm in labels}
+    thetas = _walk_grid(space, names, C_grid, path, warm_start, tol=tol, max_iter=max_iter)
     results = {}
     for p, nm in enumerate(names):
         i = int(np.argmin(path[nm]["ce_valid"]))  # first minimum: the smaller C wins ties
@@ -509,6 +464,94 @@ def fit_logistic_block(
     for nm, why in failures.items():
         results[nm] = _failed(C_grid, K, F, why, method)
     return {nm: results[nm] for nm in label_sets}
+
+
+def _check_options(n_classes, tol: float, max_iter: int, label_sets: Mapping[str, tuple]) -> None:
+    """ConfigError for a class count, tolerance, iteration budget or label-set map that cannot work."""
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ConfigError("n_classes must be an integer >= 2", where="n_classes", got=repr(n_classes))
+    if not (tol > 0 and max_iter >= 1):
+        raise ConfigError("tol must be > 0 and max_iter >= 1", where="fit_logistic_block",
+                          got=f"tol={tol}, max_iter={max_iter}")
+    if not label_sets:
+        raise ConfigError("no label sets given", where="label_sets", expected="at least one")
+
+
+def _usable_label_sets(label_sets: Mapping[str, tuple], Xraw, K: int) -> tuple[dict, dict[str, str]]:
+    """Checked labels of the sets that can be fitted, and why each other set cannot.
+
+    A set that cannot be fitted (e.g. one class in train) becomes a failed result, not
+    an error, unless no set at all can be fitted (DataError).
+    """
+    labels, failures = {}, {}
+    for name, ys in label_sets.items():
+        lab, why = _check_labels(name, ys, Xraw, K)
+        if lab is None:
+            failures[name] = why
+        else:
+            labels[name] = lab
+    if not labels:
+        raise DataError("no label set can be fitted", where="label_sets",
+                        got="; ".join(f"{k}: {v}" for k, v in failures.items()),
+                        fix="check the labels of this dataset / run")
+    return labels, failures
+
+
+def _working_space(Xraw, labels: dict, K: int, dtype: np.dtype) -> _Space:
+    """Train-standardized features in the working precision, in their row space when F > n.
+
+    With more features than train rows, an L2-penalized solution lies in the row space
+    of the train features, so solving there (``rowspace``) is exact and cheaper.
+    """
+    X_train = Xraw[0]
+    F, n = X_train.shape[1], X_train.shape[0]
+    std = Standardizer.fit(X_train)
+    Xs = [None if X is None else std.transform(X) for X in Xraw]
+    basis = None
+    if F > n:  # row space of the standardized train features (exact for an L2 penalty)
+        X0 = Xs[0]
+        assert X0 is not None, "X_train was validated above"
+        basis, _ = np.linalg.qr(X0.T)
+        Xs = [None if X is None else X @ basis for X in Xs]
+    Xw = [None if X is None else np.ascontiguousarray(X, dtype=dtype) for X in Xs]
+    Xw0 = Xw[0]
+    assert Xw0 is not None, "X_train was validated above"
+    return _Space(Xw, std, basis, F, Xw0.shape[1], K, n, dtype, labels)
+
+
+def _walk_grid(space: _Space, names: list[str], C_grid: np.ndarray, path: dict, warm_start, *,
+               tol: float, max_iter: int) -> np.ndarray:
+    """Solve the label sets ``names`` together at each C, from the strongest penalty up.
+
+    Each C starts from the previous C's solution, or from the ``warm_start`` results
+    where their objective is lower. Fills ``path`` and returns the solutions, shape
+    ``(len(C_grid), len(names), Fw + 1, K)``.
+    """
+    P, A, n = len(names), C_grid.size, space.n
+    thetas = np.zeros((A, P, space.Fw + 1, space.K))
+    prev = np.zeros((P, space.Fw + 1, space.K))
+    fun_of = space.problems(names)
+    keep = space.keep(names)
+    for a, C in enumerate(C_grid):
+        if P == 0:
+            break
+        inv_cn = np.full(P, 1.0 / (C * n))
+        fun = fun_of(inv_cn)
+        init = prev * keep[:, None, :]
+        if warm_start:
+            cand = np.array(init)
+            use = np.zeros(P, dtype=bool)
+            for p, nm in enumerate(names):
+                w = _warm_candidate(warm_start.get(nm), C, space.std, space.basis, space.F, space.K, nm)
+                if w is not None:
+                    cand[p], use[p] = w * keep[p][None, :], True
+            if use.any():
+                init = _lower_objective(fun, [init, cand], use)
+        theta = space.solve(fun, init, tol, max_iter)
+        prev = theta
+        thetas[a] = theta
+        space.record(path, names, theta, a)
+    return thetas
 
 
 def _fit_fixed(space, fixed, results, failures, thetas, C_grid, path, warm_start, *, tol, max_iter, method):

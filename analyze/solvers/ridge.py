@@ -38,13 +38,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze.metrics import r2_from_sums
+from analyze.solvers.grids import DEFAULT_ALPHAS, check_alphas
 from analyze.solvers.standardize import (
     SplitStats,
     Standardizer,
     is_constant_feature,
     stats_from_arrays,
 )
-from storage_schema.errors import ConfigError, DataError
+from probestore.errors import ConfigError, DataError
 
 _SPLITS = ("train", "valid", "test")
 _ROW_BLOCK = 8192  # rows scored at once: bounds the (rows, alphas, targets) prediction array
@@ -114,19 +115,6 @@ class RidgeResult:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_alphas(alphas) -> np.ndarray:
-    a = np.asarray(alphas, dtype=np.float64).ravel()
-    if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 0):
-        raise ConfigError(
-            "invalid ridge penalty grid",
-            where="alphas",
-            expected="a non-empty sequence of finite values > 0",
-            got=repr(np.asarray(alphas).tolist()),
-            fix="e.g. alphas = np.logspace(-3, 5, 15)",
-        )
-    return np.unique(a)  # sorted ascending, duplicates dropped
 
 
 def _check_split(X, Y, name: str, n_features: int | None, n_targets: int | None):
@@ -338,7 +326,7 @@ def fit_ridge_path(
     -------
     RidgeResult
     """
-    grid = _check_alphas(alphas)
+    grid = check_alphas(alphas)
     stats = {"train": train, "valid": valid, "test": test}
     for name, s in stats.items():
         if s is not None and s.n == 0:
@@ -388,7 +376,7 @@ def _solve(alphas, fac, std, ok, msg, n, rss, sub, method, F) -> RidgeResult:
 
 def fit_rcv_block(
     X_train, Y_train, X_valid, Y_valid, X_test=None, Y_test=None,
-    alphas: Sequence[float] = tuple(np.logspace(-3, 5, 15)),
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
     *,
     chunk_rows: int | None = None,
 ) -> RidgeResult:
@@ -437,7 +425,7 @@ def fit_rcv_block(
         assert st_train is not None and st_valid is not None, "_check_split requires train and valid"
         return fit_ridge_path(st_train, st_valid, alphas, st["test"])
 
-    grid = _check_alphas(alphas)
+    grid = check_alphas(alphas)
     Xs_raw = {"train": X_train, "valid": X_valid, "test": X_test}
     Ys_raw = {"train": Y_train, "valid": Y_valid, "test": Y_test}
     # Moments of the targets only (cheap) decide which targets are usable.

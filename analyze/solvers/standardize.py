@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage_schema.errors import DataError
+from probestore.errors import DataError
 
 _EPS64 = np.finfo(np.float64).eps
 

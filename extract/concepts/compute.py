@@ -19,7 +19,7 @@ import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
 from tqdm.auto import tqdm
 
-from storage_schema.errors import ConfigError, DataError, did_you_mean
+from probestore.errors import ConfigError, DataError, did_you_mean
 
 from . import texture
 from .presets import (

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from storage_schema.errors import ConfigError, did_you_mean
+from probestore.errors import ConfigError, did_you_mean
 
 from . import colour, graziani2019, shape, texture
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_schema.errors import DataError, NotFoundError, did_you_mean
+from probestore.errors import DataError, NotFoundError, did_you_mean
 
 ID_COLUMN = "sample_id"
 _SHOW = 5  # ids listed in an error message before "..."

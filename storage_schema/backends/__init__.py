@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from probestore.errors import ConfigError
 from storage_schema.backends.base import COMPRESSIONS, Backend
-from storage_schema.errors import ConfigError
 
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")

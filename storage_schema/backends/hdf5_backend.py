@@ -3,7 +3,7 @@
 HDF5 has no safe concurrent writers and a file left open by a killed process can be
 damaged, so this backend never keeps the file open: every operation takes an
 ``fcntl`` lock on ``<file>.lock`` (shared for reads, exclusive for writes; the file
-exists only while a lock is held, see :mod:`storage_schema.locking`), opens the
+exists only while a lock is held, see :mod:`probestore.locking`), opens the
 file, does its work and closes it again. Several processes on one machine (extraction
 shards, an analysis reading while extraction appends) are thereby serialized. Attribute
 values are stored as JSON strings because HDF5 attributes cannot hold nested mappings.
@@ -22,9 +22,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from probestore.errors import NotFoundError, StoreFormatError
+from probestore.locking import file_lock
 from storage_schema.backends.base import RECREATE_FIX, Backend, damage_fix
-from storage_schema.errors import NotFoundError, StoreFormatError
-from storage_schema.locking import file_lock
 
 # lzf without shuffle compresses ReLU features better than with it (2.2x against 1.7x
 # on the demo store) and writes faster; gzip with shuffle is the "small" choice.

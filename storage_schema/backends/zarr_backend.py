@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -27,8 +26,9 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from probestore.atomic import atomic_write
+from probestore.errors import NotFoundError, StoreFormatError
 from storage_schema.backends.base import RECREATE_FIX, Backend, damage_fix
-from storage_schema.errors import NotFoundError, StoreFormatError
 
 # Fixed-length unicode (sample ids) has no ratified Zarr v3 data-type spec yet; the
 # representation is zarr-python's and SCHEMA.md documents it. Silence the warning.
@@ -161,16 +161,15 @@ class ZarrBackend(Backend):
         meta = self._require_meta(node)
         meta["attributes"] = {**(meta.get("attributes") or {}), **attrs}
         path = self._meta_path(node)
-        # Temporary file in the same directory, then an atomic rename: a reader, or a
-        # writer killed here, sees the old zarr.json or the new one, never half of one.
-        fd, tmp = tempfile.mkstemp(prefix=".zarr.json.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(meta, fh, indent=2, allow_nan=True)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Atomic: a reader, or a writer killed here, sees the old zarr.json or the new
+        # one, never half of one. Not fsynced (durable=False), on purpose: this runs after
+        # every chunk the extraction writes (rows_done), and fsyncing file + folder cost
+        # ~8 ms more per call than the ~3 ms write itself (measured on the project's ext4
+        # disk), i.e. several percent of the writer's throughput. Nothing is lost by it:
+        # chunk data are fdatasynced before rows_done is raised (``_flush_chunks``) and the
+        # tree is synced before a completion marker (``store._sync_tree``), so a power cut
+        # can only take metadata back to an earlier state, which the next run redoes.
+        atomic_write(path, json.dumps(meta, indent=2, allow_nan=True), durable=False)
 
     # --- structure ---------------------------------------------------------------
     def require_group(self, node: str) -> None:

@@ -1,10 +1,12 @@
 """The one inter-process file lock of probestore, and the writer locks built on it.
 
-Three users share one mechanism, so that blocking, shared vs exclusive, read-only
+Four users share one mechanism, so that blocking, shared vs exclusive, read-only
 folders and clean-up behave the same everywhere:
 
 * HDF5 access (``<file>.h5.lock``: shared to read, exclusive to write, per operation);
 * store set-up by concurrent extraction processes (``<store>.extract-lock``);
+* a results table (``<results>.lock``, taken without waiting by :func:`try_file_lock`:
+  a second analysis writing the same table is refused, not queued);
 * **writer locks**: one per checkpoint (``<store>.writer-<run>@<checkpoint>.lock``),
   held by the extraction process for the whole time it writes that checkpoint, so two
   ``probestore extract`` of one store never write the same checkpoint, while shards
@@ -37,10 +39,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage_schema.errors import ProbestoreError
+from probestore.errors import ProbestoreError
 
-__all__ = ["file_lock", "writer_lock", "writer_lock_path", "held_writer_locks", "Holder",
-           "LockHeldError"]
+__all__ = ["file_lock", "try_file_lock", "HeldLock", "writer_lock", "writer_lock_path",
+           "held_writer_locks", "Holder", "LockHeldError"]
 
 _MODES = {True: fcntl.LOCK_EX, False: fcntl.LOCK_SH}
 
@@ -130,6 +132,46 @@ def file_lock(lock_path: Path, *, exclusive: bool) -> Iterator[None]:
         yield
     finally:
         _release(fd, lock_path)
+
+
+class HeldLock:
+    """A lock taken by :func:`try_file_lock`, held until :meth:`release` (or the ``with`` ends).
+
+    For holders whose lock outlives one function (an object that takes it in one method
+    and drops it in another); the kernel still drops it if the process dies.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Drop the lock (and remove its file when nobody else wants it); idempotent."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            _release(fd, self.path)
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def try_file_lock(lock_path: str | os.PathLike[str], *, exclusive: bool = True) -> HeldLock | None:
+    """Take the lock on ``lock_path`` without waiting: a :class:`HeldLock`, or None when busy.
+
+    The non-blocking form of :func:`file_lock` (same file, same clean-up), for callers
+    that refuse to start, rather than queue, while another process holds the lock (two
+    analyses writing one results table). An ``OSError`` creating the file is raised.
+    """
+    path = Path(lock_path)
+    fd = _open_locked(path, _MODES[exclusive] | fcntl.LOCK_NB)
+    return None if fd is None else HeldLock(fd, path)
 
 
 def writer_lock_path(store_path: str | os.PathLike[str], run: str, checkpoint: str) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from storage_schema.errors import ConfigError, ProbestoreError, did_you_mean
+from probestore.errors import ConfigError, ProbestoreError, did_you_mean
 
 
 def check_keys(

@@ -1,21 +1,28 @@
 """The ``probestore`` command: one entry point, subcommands registered by each stage.
 
-Each stage has a ``commands`` module with ``register(subparsers)``; those modules
-import nothing heavy at import time (no torch), so ``probestore --help`` and the
-analysis commands work on a machine without the ``extract`` extra. Every
-``ProbestoreError`` becomes one line on stderr and exit status 2.
+The CLI sits on top of the stages and imports them statically (the stages never
+import the CLI). Each stage has a ``commands`` module with ``register(subparsers)``;
+those modules import nothing heavy at import time (torch only inside the functions
+that run a command), so ``probestore --help`` and the analysis commands work on a
+machine without the ``extract`` extra. Every ``ProbestoreError`` becomes one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-from storage_schema.errors import ProbestoreError
+import analyze.commands
+import analyze.tcav_commands
+import extract.commands
+import storage_schema.commands
+from probestore.errors import ProbestoreError
+from storage_schema.store import probestore_version
 
-COMMAND_MODULES = ("storage_schema.commands", "extract.commands", "analyze.commands", "analyze.tcav_commands")
+# In the order their subcommands appear in ``probestore --help``.
+COMMAND_MODULES = (storage_schema.commands, extract.commands, analyze.commands, analyze.tcav_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,17 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(probestore extract), probe them many times (probestore analyze)."
         ),
     )
-    from storage_schema.store import probestore_version
-
     parser.add_argument("--version", action="version", version=f"probestore {probestore_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # that stage has no commands (yet)
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 
