@@ -243,6 +243,10 @@ def _extract_as_another_user(root: Path, configs: list[Path]) -> tuple[list[int]
         kwargs = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
     import site
 
+    if os.geteuid() == 0 and not all(_usable_by_others(Path(p)) for p in [REPO, *site.getsitepackages()]):
+        pytest.skip(f"running as root without mount permission, and nobody cannot reach the checkout {REPO} "
+                    "or its packages: a read-only location cannot be simulated")
+
     env = {**os.environ, "HOME": str(root), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
     script = ("import sys\nfrom probestore.cli import main\n"
@@ -258,9 +262,66 @@ def _extract_as_another_user(root: Path, configs: list[Path]) -> tuple[list[int]
     return rcs, outputs
 
 
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    """Mount a small tmpfs at ``path`` (root only); False when mounting is not allowed here."""
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=64m,{options}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def _assert_one_line_write_errors(configs: dict, outputs: list[str], reason: str) -> None:
+    for store, output in zip(configs, outputs):
+        lines = [x for x in output.splitlines() if x.strip() and not x.startswith("opened ")]
+        assert "Traceback" not in output, output
+        assert len(lines) == 1, output
+        assert lines[0].startswith(f"probestore extract: error: cannot write the store ({reason}); "
+                                   f"in {store}"), lines[0]
+        assert "fix: make " in lines[0] and "writable" in lines[0], lines[0]
+
+
 @needs_data(MNIST_DIR)
-def test_extraction_where_nothing_can_be_written_is_one_line(tmp_path):
-    """A read-only folder for a new store, and existing stores the user cannot write."""
+def test_extraction_where_nothing_can_be_written_is_one_line(tmp_path, capsys):
+    """A read-only folder for a new store, and existing stores that cannot be written.
+
+    As root, chmod stops nothing: the folders are read-only tmpfs mounts (the stores of
+    ``rw`` are written first, then the mount is remounted read-only), which works
+    wherever the checkout lives. Without mount permission the extraction runs as another
+    user (:func:`_extract_as_another_user`).
+    """
+    if os.geteuid() != 0:
+        return _extraction_as_another_user_is_one_line()
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    if not _mount_tmpfs(ro, "ro"):
+        return _extraction_as_another_user_is_one_line()
+    try:
+        assert _mount_tmpfs(rw, "rw")
+        configs = {ro / name: write_experiment(tmp_path, str(ro / name)) for name in ("new.zarr", "new.h5")}
+        for name in ("old.zarr", "old.h5"):  # existing stores (run a only), then made read-only
+            configs[rw / name] = write_experiment(tmp_path, str(rw / name))
+            assert main(["extract", str(configs[rw / name]), "--runs", "a", "--no-progress"]) == 0
+        assert lock_files(rw) == []
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(rw)], capture_output=True, text=True)
+        assert remount.returncode == 0, remount.stderr
+        capsys.readouterr()
+        rcs, outputs = [], []
+        for config in configs.values():
+            rcs.append(main(["extract", str(config), "--no-progress"]))
+            outputs.append(capsys.readouterr().err)
+        assert rcs == [2, 2, 2, 2], outputs
+        _assert_one_line_write_errors(configs, outputs, "Read-only file system")
+        for name in ("old.zarr", "old.h5"):
+            assert validate_store(rw / name) == [] and _complete(rw / name) == ["a/epoch_0000", "a/epoch_0001"]
+        assert not (ro / "new.zarr").exists() and not (ro / "new.h5").exists()
+        assert lock_files(ro) == [] and lock_files(rw) == []
+    finally:
+        for folder in (ro, rw):
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _extraction_as_another_user_is_one_line() -> None:
+    """The same checks with permission bits: as a user who may not write (root: as nobody)."""
     root = Path(tempfile.mkdtemp(prefix="probestore-ro-"))  # not under pytest's 0700 tmp root
     try:
         os.chmod(root, 0o755)
@@ -278,13 +339,7 @@ def test_extraction_where_nothing_can_be_written_is_one_line(tmp_path):
                 p.chmod(p.stat().st_mode & ~0o222)
         rcs, outputs = _extract_as_another_user(root, list(configs.values()))
         assert rcs == [2, 2, 2, 2], outputs
-        for store, output in zip(configs, outputs):
-            lines = [x for x in output.splitlines() if x.strip() and not x.startswith("opened ")]
-            assert "Traceback" not in output, output
-            assert len(lines) == 1, output
-            assert lines[0].startswith("probestore extract: error: cannot write the store (Permission denied); "
-                                       f"in {store}"), lines[0]
-            assert "fix: make " in lines[0] and "writable" in lines[0], lines[0]
+        _assert_one_line_write_errors(configs, outputs, "Permission denied")
         for name in ("old.zarr", "old.h5"):
             assert validate_store(rw / name) == [] and _complete(rw / name) == ["a/epoch_0000", "a/epoch_0001"]
         assert not (ro / "new.zarr").exists() and not (ro / "new.h5").exists()

@@ -144,6 +144,32 @@ def _check_split(X, Y, name: str, n_features: int | None, n_targets: int | None)
     return X, Y
 
 
+def _finite_features_and_target_moments(Xs: dict, Ys: dict) -> tuple[dict, dict[str, SplitStats | None]]:
+    """Refuse non-finite features; the targets' moments per split (cheap) for screening.
+
+    Returns the features as arrays and, per split, :class:`SplitStats` of the targets
+    only (no feature columns), which :func:`_screen_targets` uses to drop constant or
+    NaN targets before any factorization.
+    """
+    arrays: dict = {}
+    st: dict[str, SplitStats | None] = {}
+    for name in _SPLITS:
+        X = Xs[name]
+        if X is None:
+            arrays[name], st[name] = None, None
+            continue
+        X = np.asarray(X)
+        if not np.isfinite(X).all():
+            rows, cols = np.nonzero(~np.isfinite(X))
+            raise DataError("features contain NaN or Inf", where=f"X_{name}",
+                            expected="finite activations",
+                            got=f"{rows.size} non-finite values (first at row {rows[0]}, feature {cols[0]})",
+                            fix="check the extraction of this layer (overflow, NaN weights in the checkpoint)")
+        arrays[name] = X
+        st[name] = stats_from_arrays(np.zeros((X.shape[0], 0)), Ys[name], where=name)
+    return arrays, st
+
+
 def _screen_targets(stats: dict[str, SplitStats | None]) -> tuple[np.ndarray, list[str]]:
     """Which targets can be fitted, and why the others cannot."""
     train = stats["train"]
@@ -428,21 +454,7 @@ def fit_rcv_block(
     grid = check_alphas(alphas)
     Xs_raw = {"train": X_train, "valid": X_valid, "test": X_test}
     Ys_raw = {"train": Y_train, "valid": Y_valid, "test": Y_test}
-    # Moments of the targets only (cheap) decide which targets are usable.
-    st = {}
-    for name in _SPLITS:
-        X = Xs_raw[name]
-        if X is None:
-            st[name] = None
-            continue
-        X = np.asarray(X)
-        if not np.isfinite(X).all():
-            rows, cols = np.nonzero(~np.isfinite(X))
-            raise DataError("features contain NaN or Inf", where=f"X_{name}",
-                            expected="finite activations",
-                            got=f"{rows.size} non-finite values (first at row {rows[0]}, feature {cols[0]})",
-                            fix="check the extraction of this layer (overflow, NaN weights in the checkpoint)")
-        st[name] = stats_from_arrays(np.zeros((X.shape[0], 0)), Ys_raw[name], where=name)
+    Xs_raw, st = _finite_features_and_target_moments(Xs_raw, Ys_raw)
     std = Standardizer.fit(X_train)
     ok, msg = _screen_targets(st)
     _raise_if_nothing_left(ok, msg)
@@ -564,21 +576,7 @@ def fit_ols_block(X_train, Y_train, X_valid, Y_valid, X_test=None, Y_test=None) 
     X_test, Y_test = _check_split(X_test, Y_test, "test", F, T)
     Xs = {"train": X_train, "valid": X_valid, "test": X_test}
     Ys_raw = {"train": Y_train, "valid": Y_valid, "test": Y_test}
-    st: dict[str, SplitStats | None] = {}
-    for name in _SPLITS:
-        X = Xs[name]
-        if X is None:
-            st[name] = None
-            continue
-        X = np.asarray(X)
-        if not np.isfinite(X).all():
-            rows, cols = np.nonzero(~np.isfinite(X))
-            raise DataError("features contain NaN or Inf", where=f"X_{name}",
-                            expected="finite activations",
-                            got=f"{rows.size} non-finite values (first at row {rows[0]}, feature {cols[0]})",
-                            fix="check the extraction of this layer (overflow, NaN weights in the checkpoint)")
-        Xs[name] = X
-        st[name] = stats_from_arrays(np.zeros((X.shape[0], 0)), Ys_raw[name], where=name)
+    Xs, st = _finite_features_and_target_moments(Xs, Ys_raw)
     ok, msg = _screen_targets(st)
     _raise_if_nothing_left(ok, msg)
     Ys = {k: (None if v is None else np.asarray(v, dtype=np.float64).reshape(v.shape[0], -1)[:, ok])
