@@ -144,6 +144,20 @@ def _check_split(X, Y, name: str, n_features: int | None, n_targets: int | None)
     return X, Y
 
 
+def _check_split_stats(train: SplitStats, valid: SplitStats, test: SplitStats | None) -> dict:
+    """The splits' statistics by name, refusing an empty split or one of another width."""
+    stats = {"train": train, "valid": valid, "test": test}
+    for name, s in stats.items():
+        if s is not None and s.n == 0:
+            raise DataError(f"the {name} split is empty", where=f"{name} split",
+                            expected="at least one row", got="0 rows")
+        if s is not None and (s.n_features != train.n_features or s.n_targets != train.n_targets):
+            raise DataError("splits have different widths", where=f"{name} split",
+                            expected=f"{train.n_features} features, {train.n_targets} targets",
+                            got=f"{s.n_features} features, {s.n_targets} targets")
+    return stats
+
+
 def _finite_features_and_target_moments(Xs: dict, Ys: dict) -> tuple[dict, dict[str, SplitStats | None]]:
     """Refuse non-finite features; the targets' moments per split (cheap) for screening.
 
@@ -353,15 +367,7 @@ def fit_ridge_path(
     RidgeResult
     """
     grid = check_alphas(alphas)
-    stats = {"train": train, "valid": valid, "test": test}
-    for name, s in stats.items():
-        if s is not None and s.n == 0:
-            raise DataError(f"the {name} split is empty", where=f"{name} split",
-                            expected="at least one row", got="0 rows")
-        if s is not None and (s.n_features != train.n_features or s.n_targets != train.n_targets):
-            raise DataError("splits have different widths", where=f"{name} split",
-                            expected=f"{train.n_features} features, {train.n_targets} targets",
-                            got=f"{s.n_features} features, {s.n_targets} targets")
+    stats = _check_split_stats(train, valid, test)
     std = Standardizer.from_stats(train)
     ok, msg = _screen_targets(stats)
     _raise_if_nothing_left(ok, msg)
@@ -633,15 +639,7 @@ def fit_ols_stats(train: SplitStats, valid: SplitStats, test: SplitStats | None 
         An empty split, no usable target, or an ill-conditioned Gram (the message says
         how to read the block in memory instead).
     """
-    stats = {"train": train, "valid": valid, "test": test}
-    for name, s in stats.items():
-        if s is not None and s.n == 0:
-            raise DataError(f"the {name} split is empty", where=f"{name} split",
-                            expected="at least one row", got="0 rows")
-        if s is not None and (s.n_features != train.n_features or s.n_targets != train.n_targets):
-            raise DataError("splits have different widths", where=f"{name} split",
-                            expected=f"{train.n_features} features, {train.n_targets} targets",
-                            got=f"{s.n_features} features, {s.n_targets} targets")
+    stats = _check_split_stats(train, valid, test)
     F = train.n_features
     std = Standardizer.from_stats(train)
     ok, msg = _screen_targets(stats)
