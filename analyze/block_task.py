@@ -49,7 +49,7 @@ import numpy as np
 from analyze.config import AnalysisConfig
 from analyze.controls import control_labels
 from analyze.jobs import BlockJob, Plan, ProbeSpec
-from analyze.outputs import model_output_metrics
+from analyze.outputs import mapped_output_metrics, model_output_metrics, output_head
 from analyze.results import make_row
 from probestore.errors import ProbestoreError
 
@@ -94,6 +94,9 @@ class SampleData:
     target_values: np.ndarray
     control_error: str = ""
     control_note: str = ""
+    #: Sequence id of each row of a token store (SCHEMA.md §12), None when rows are independent:
+    #: whatever partitions rows inside a split (MDL blocks, inner selection splits) keeps sequences whole.
+    groups: np.ndarray | None = None
 
 
 def build_sample_data(store, plan: Plan, config: AnalysisConfig) -> SampleData:
@@ -132,6 +135,7 @@ def build_sample_data(store, plan: Plan, config: AnalysisConfig) -> SampleData:
         target_values=values,
         control_error=control_error,
         control_note=control_note,
+        groups=store.sequence() if store.has_sequences() else None,
     )
 
 
@@ -271,8 +275,9 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
             fixed["control_labels"] = "true_labels"
         if "train_labels" in label_sets:
             try:
+                groups = None if sample.groups is None else sample.groups[idx["train"]]
                 C_tr, i_tr, _ = select_C_inner(X["train"], label_sets["train_labels"][0], config.Cs, n_classes=K,
-                                               fraction=INNER_FRACTION, seed=INNER_SEED, **opts)
+                                               fraction=INNER_FRACTION, seed=INNER_SEED, groups=groups, **opts)
             except ProbestoreError as exc:
                 spec = next(s for s in specs if s.target == "train_labels")
                 rows += failed_rows(job, [spec], sample, _error_text(exc))
@@ -281,7 +286,8 @@ def fit_classifier_group(job, specs, sample, X: Mapping[str, np.ndarray | None],
             else:
                 fixed["train_labels"] = C_tr
                 edges["train_labels"] = grid_edge(i_tr, len(config.Cs))
-                notes["train_labels"] = (f"C selected by cross-entropy on a stratified {INNER_FRACTION:.0%} inner "
+                held = "stratified" if groups is None else "whole-sequence"
+                notes["train_labels"] = (f"C selected by cross-entropy on a {held} {INNER_FRACTION:.0%} inner "
                                          f"split of train with the training labels (seed {INNER_SEED}), then refitted "
                                          "on all of train")
         fit_sets = label_sets
@@ -440,8 +446,9 @@ def fit_mdl_group(job, specs, sample, X_train: np.ndarray | None, config) -> lis
     try:
         if X_train is None:
             raise _empty_split(["train"])
+        groups = None if sample.groups is None else sample.groups[sample.split_index["train"]]
         res = online_codelength(X_train, {k: v[0] for k, v in label_sets.items()}, n_classes=sample.n_classes,
-                                C=config.mdl_C, seed=config.mdl_seed, **config.solver_options())
+                                C=config.mdl_C, seed=config.mdl_seed, groups=groups, **config.solver_options())
     except ProbestoreError as exc:
         return failed_rows(job, specs, sample, _error_text(exc))
     seconds = (time.perf_counter() - t0) / max(1, len(specs))
@@ -695,15 +702,27 @@ def run_block(store_path: str, job: BlockJob, sample: SampleData, config: Analys
 
 
 def _outputs_rows(store, job: BlockJob, sample: SampleData) -> list[dict[str, Any]]:
+    """The model-output rows of one checkpoint: as always for a head of the dataset's
+    classes, on the mapped classes with a ``class_map``, ``skipped`` otherwise
+    (:func:`analyze.outputs.output_head`)."""
     t0 = time.perf_counter()
     labelings = {"true_labels": sample.labels, "train_labels": sample.train_labels[job.run]}
     specs = list(job.probes)
     try:
+        head = output_head(store.run_info(job.run).model, store.dataset.class_names)
+        if head.kind == "skipped":
+            return [make_row(**_base(job, s, sample), status="skipped", message=head.message) for s in specs]
         logits = np.asarray(store.read_logits(job.run, job.checkpoint), dtype=np.float64)
-        metrics = model_output_metrics(logits, {s.target: labelings[s.target] for s in specs},
-                                       sample.split_index, sample.corrupted[job.run], sample.n_classes)
+        wanted = {s.target: labelings[s.target] for s in specs}
+        if head.kind == "mapped":
+            assert head.columns is not None
+            metrics = mapped_output_metrics(logits, wanted, sample.split_index, sample.corrupted[job.run],
+                                            head.columns)
+        else:
+            metrics = model_output_metrics(logits, wanted, sample.split_index, sample.corrupted[job.run],
+                                           sample.n_classes)
     except ProbestoreError as exc:
         return failed_rows(job, specs, sample, _error_text(exc))
     seconds = (time.perf_counter() - t0) / len(specs)
-    return [make_row(**{**_base(job, s, sample), **metrics[s.target]}, status="ok", fit_seconds=seconds)
-            for s in specs]
+    return [make_row(**{**_base(job, s, sample), **metrics[s.target]}, status="ok", message=head.message,
+                     fit_seconds=seconds) for s in specs]

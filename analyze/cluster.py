@@ -203,7 +203,7 @@ def open_executor(config: Settings, n_tasks: int, *, client=None,
     cores = machine_cores()
     if config.synchronous:
         threads = config.threads_per_worker or default_threads(cores)
-        log(f"analysis: in-process, {threads} BLAS thread(s)")
+        log(f"in-process, {threads} BLAS thread(s)")  # the caller's log labels it (analysis, similarity, tcav)
         yield InProcessExecutor(), config.replace(threads_per_worker=threads)
         return
     if config.scheduler == "local":
@@ -323,11 +323,11 @@ def _remote(config: ExecutionSettings, log):
 
 
 def _announce(ex, log) -> None:
-    log(f"analysis: {ex.description}")
+    log(ex.description)  # labelled by the caller's log (probestore.progress.Log)
     if ex.dashboard:
-        log(f"analysis: dashboard at {ex.dashboard}")
+        log(f"dashboard at {ex.dashboard}")
     else:
-        log("analysis: no Dask dashboard (it needs the `bokeh` package)")
+        log("no Dask dashboard (it needs the `bokeh` package)")
 
 
 def check_store_visible(executor, store_path: str) -> None:

@@ -7,7 +7,6 @@ Imports nothing heavy at module level (no Dask, no scikit-learn, never torch), s
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from probestore.errors import ConfigError
@@ -33,18 +32,21 @@ def _register_analyze(subparsers) -> None:
         ),
     )
     p.add_argument("store", nargs="?", help="the store (default: [experiment].store of --config)")
-    p.add_argument("--config", metavar="TOML", help="experiment or analysis TOML with an [analysis] table")
+    p.add_argument("--config", metavar="TOML",
+                   help="experiment or analysis TOML with an [analysis] table, whose keys are the defaults of "
+                        "the options below (docs/configuration.md; default: none)")
     p.add_argument("-o", "--results", metavar="PATH",
                    help="results table (.parquet; default: <store>.results.parquet beside the store)")
     g = p.add_argument_group("what to fit (comma-separated names or globs, e.g. 'fc*')")
-    g.add_argument("--runs", metavar="PATTERNS")
-    g.add_argument("--checkpoints", metavar="PATTERNS")
-    g.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,input'")
-    g.add_argument("--targets", metavar="PATTERNS", help="continuous concept targets for RCVs")
+    g.add_argument("--runs", metavar="PATTERNS", help="runs (default: all)")
+    g.add_argument("--checkpoints", metavar="PATTERNS", help="checkpoints (default: all)")
+    g.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,input' (default: all)")
+    g.add_argument("--targets", metavar="PATTERNS",
+                   help="continuous concept targets for RCVs (default: all)")
     g.add_argument("--probes", metavar="KINDS",
                    help="subset of classifier,control,rcv,rcv_ols,outputs,mdl (default: all but mdl and rcv_ols)")
     g.add_argument("--retry-failed", action="store_true", default=None,
-                   help="fit again the probes recorded as failed")
+                   help="fit again the probes recorded as failed (off by default: a rerun skips them)")
     h = p.add_argument_group("probe settings")
     h.add_argument("--Cs", metavar="LIST",
                    help="classifier inverse L2 strengths, e.g. 1e-3,1e-2,0.1,1 (default 1e-4,1e-3,...,100: 7 "
@@ -52,25 +54,31 @@ def _register_analyze(subparsers) -> None:
     h.add_argument("--alphas", metavar="LIST",
                    help="RCV ridge penalties, e.g. 0.1,1,10,100 (default 1e-3 .. 1e5, 15 log-spaced values); "
                         "widen it when the summary warns that probes chose its edge")
-    h.add_argument("--control-seed", type=int, metavar="N")
-    h.add_argument("--max-iter", type=int, metavar="N", help="classifier solver iterations per C")
+    h.add_argument("--control-seed", type=int, metavar="N",
+                   help="seed of the control task's random labels, one per sample type (default 0)")
+    h.add_argument("--max-iter", type=int, metavar="N", help="classifier solver iterations per C (default 500)")
     h.add_argument("--mdl-C", type=float, metavar="C", dest="mdl_C", help="fixed C of the MDL probes (default 1)")
     h.add_argument("--mdl-seed", type=int, metavar="N", help="seed of the MDL transmission order (default 0)")
     h.add_argument("--save-weights", action="store_true", default=None,
-                   help="also save coefficients and RCV directions to <results>.weights.zarr")
+                   help="also save coefficients and RCV directions to <results>.weights.zarr (off by default)")
     r = p.add_argument_group("execution")
     r.add_argument("--scheduler", metavar="ADDR",
                    help="'local' (default: embedded cluster), 'none' (in-process) or tcp://HOST:PORT")
     r.add_argument("--workers", type=int, metavar="N", dest="n_workers",
                    help="local workers (default: sized to the cores; 0 = in-process)")
-    r.add_argument("--threads-per-worker", type=int, metavar="N", help="BLAS threads per worker")
+    r.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="BLAS threads per worker (default: sized to the cores)")
     r.add_argument("--memory-limit", metavar="SIZE", help="per local worker, e.g. 4GB (default: auto)")
     r.add_argument("--max-block-bytes", metavar="SIZE", help="stream blocks larger than this (default 1GiB)")
     r.add_argument("--host", metavar="IP",
                    help="interface of the local cluster and dashboard (default 127.0.0.1; anything else "
                         "lets whoever reaches it run code as you)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (blocks, probes, bytes) and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (blocks, probes, bytes) and exit (off by default)")
+    p.add_argument("--deadline", metavar="DURATION",
+                   help="with --dry-run: how many workers finish by then, e.g. 8h, 90m, 1h30m (default: none)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on a terminal and no timestamped per-block lines elsewhere (off by default)")
     p.set_defaults(func=analyze_command)
 
 
@@ -88,9 +96,9 @@ def _register_similarity(subparsers) -> None:
     )
     p.add_argument("store", help="the store")
     p.add_argument("-o", "--out", required=True, metavar="PATH", help="CKA table (.parquet or .csv)")
-    p.add_argument("--runs", metavar="PATTERNS")
-    p.add_argument("--checkpoints", metavar="PATTERNS")
-    p.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,conv2'")
+    p.add_argument("--runs", metavar="PATTERNS", help="runs, names or globs (default: all)")
+    p.add_argument("--checkpoints", metavar="PATTERNS", help="checkpoints, names or globs (default: all)")
+    p.add_argument("--layers", metavar="PATTERNS", help="feature layers, e.g. 'fc*,conv2' (default: all)")
     p.add_argument("--pairs", default="all", metavar="KINDS",
                    help="all (default) or a comma-separated subset of within-checkpoint, across-checkpoints, "
                         "across-runs")
@@ -98,9 +106,11 @@ def _register_similarity(subparsers) -> None:
                    help="compare over all samples (default) or the test split")
     r = p.add_argument_group("execution")
     r.add_argument("--scheduler", metavar="ADDR", help="'local' (default), 'none' (in-process) or tcp://HOST:PORT")
-    r.add_argument("--workers", type=int, metavar="N", dest="n_workers", help="local workers (0 = in-process)")
-    r.add_argument("--threads-per-worker", type=int, metavar="N")
-    r.add_argument("--memory-limit", metavar="SIZE")
+    r.add_argument("--workers", type=int, metavar="N", dest="n_workers",
+                   help="local workers (0 = in-process; default: sized to the cores)")
+    r.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="BLAS threads per worker (default: sized to the cores)")
+    r.add_argument("--memory-limit", metavar="SIZE", help="per local worker, e.g. 4GB (default: auto)")
     r.add_argument("--max-block-bytes", metavar="SIZE", help="row-chunk budget per task (default 1GiB)")
     r.add_argument("--host", metavar="IP", help="interface of the local cluster (default 127.0.0.1)")
     p.set_defaults(func=similarity_command)
@@ -132,11 +142,13 @@ def _register_report(subparsers) -> None:
                     "and a Markdown summary that states whether the papers' headline findings hold.",
     )
     p.add_argument("results", help="results table (.parquet or .csv)")
-    p.add_argument("--store", help="the store it came from (dataset name, layer order)")
+    p.add_argument("--store", help="the store it came from: dataset name, layer order, embeddings "
+                                    "(default: none; names and order from the table)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--similarity", metavar="CKA_TABLE", help="CKA table from `probestore similarity` (heatmaps)")
+    p.add_argument("--similarity", metavar="CKA_TABLE",
+                   help="CKA table from `probestore similarity`, for heatmaps (default: none)")
     p.add_argument("--tcav", metavar="TCAV_TABLE",
-                   help="table from `probestore tcav` (TCAV significance, RCV sensitivity, ConExp)")
+                   help="table from `probestore tcav`: TCAV significance, RCV sensitivity, ConExp (default: none)")
     p.add_argument("--embedding", default="pca", choices=("pca", "tsne"),
                    help="method of the feature embeddings (need --store; default pca)")
     p.add_argument("--embedding-layer", metavar="LAYER", help="layer to embed (default: the last hidden layer)")
@@ -163,12 +175,18 @@ def analyze_command(args: argparse.Namespace) -> int:
     if not store:
         raise ConfigError("no store given", where="probestore analyze",
                           fix="pass STORE, or --config with an [experiment] store = ... entry")
+    from analyze.cost_model import parse_duration
     from analyze.engine import dry_run, run_analysis
 
+    deadline = parse_duration(args.deadline) if args.deadline is not None else None
+    if deadline is not None and not args.dry_run:
+        raise ConfigError("--deadline only sizes a plan", where="probestore analyze --deadline",
+                          expected="--dry-run with it", got=f"--deadline {args.deadline} without --dry-run",
+                          fix=f"probestore analyze {store} --dry-run --deadline {args.deadline}")
     if args.dry_run:
-        print(dry_run(store, config))
+        print(dry_run(store, config, deadline_s=deadline))
         return 0
-    summary = run_analysis(store, config, progress=not args.no_progress and sys.stderr.isatty())
+    summary = run_analysis(store, config, progress=not args.no_progress)
     return 0 if summary.complete else 1
 
 

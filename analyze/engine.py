@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from analyze.results import (
 )
 from analyze.split_checks import DEGENERATE, SplitChecker
 from probestore.errors import ConfigError, FingerprintMismatchError, ProbestoreError
+from probestore.progress import Log, Progress
 from storage_schema.store import open_store
 
 
@@ -165,15 +165,39 @@ def plan_analysis(store_path: str | Path, config: AnalysisConfig) -> tuple[Plan,
     return plan, writer.done_ids(retry_failed=config.retry_failed)
 
 
-def dry_run(store_path: str | Path, config: AnalysisConfig) -> str:
-    """The ``--dry-run`` text: what would be fitted, and what is already done."""
+def dry_run(store_path: str | Path, config: AnalysisConfig, *, deadline_s: float | None = None,
+            estimate: bool = True) -> str:
+    """The ``--dry-run`` text: what would be fitted, what is already done, and what it will cost.
+
+    The cost lines (:mod:`analyze.cost_model`: time and memory per block and in total,
+    workers for ``deadline_s``) come from a short calibration of this machine, cached;
+    nothing is fitted.
+    """
     plan, done = plan_analysis(store_path, config)
     pending = plan.pending(done)
     already = len(set(plan.probe_ids()) & done)
     text = format_plan(pending, max_block_bytes=config.max_block_bytes, done=already)
     for why in list(pending.unreadable.values())[:10]:
         text += f"\n  unreadable (its probes will be recorded as failed): {why}"
-    return text + f"\n  results: {resolve_results_path(store_path, config)}"
+    text += f"\n  results: {resolve_results_path(store_path, config)}"
+    if estimate:
+        text += "\n" + _cost_text(store_path, pending, config, deadline_s)
+    return text
+
+
+def _cost_text(store_path: str | Path, pending: Plan, config: AnalysisConfig, deadline_s: float | None) -> str:
+    from analyze import cost_model
+    from analyze.cluster import default_threads, machine_cores, size_local_cluster
+
+    cores = machine_cores()
+    threads = config.threads_per_worker or default_threads(cores)
+    workers = 1 if config.synchronous else (size_local_cluster(cores, config.n_workers, threads)[0]
+                                            if config.scheduler == "local" else config.n_workers or 1)
+    cal, source = cost_model.load_or_calibrate(threads)
+    with open_store(store_path, "r") as store:
+        splits = cost_model.split_sizes(store)
+    estimates = cost_model.estimate_plan(pending, splits, config, cal)
+    return cost_model.format_estimate(estimates, cal, source, workers=workers, deadline_s=deadline_s)
 
 
 def run_analysis(
@@ -196,7 +220,8 @@ def run_analysis(
     client : distributed.Client, optional
         Run on this client instead of starting what ``config.scheduler`` says.
     progress : bool
-        Show a progress bar over blocks (tqdm, on stderr).
+        Show progress over blocks: a bar on a terminal, else one timestamped line per
+        block with rate and ETA (:class:`probestore.progress.Progress`).
     log : callable, optional
         Receives the one-line messages (default: print to stderr).
 
@@ -212,7 +237,7 @@ def run_analysis(
         A filter that matches nothing, an unusable store or cluster configuration.
     """
     config = config or AnalysisConfig()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or Log("analysis")
     store_path = str(Path(store_path).resolve())
     t_start = time.perf_counter()
     results_path = resolve_results_path(store_path, config)
@@ -275,7 +300,7 @@ def _run_pending(pending: Plan, *, store_path: str, sample: SampleData, config: 
     with open_executor(config, len(jobs), client=client, log=log) as (executor, task_config):
         summary.executor = executor.description
         check_store_visible(executor, store_path)
-        bar = _progress(len(jobs), progress)
+        bar = Progress(len(jobs), unit="block", log=log, enabled=progress)
         t0 = time.perf_counter()
         try:
             for task in executor.map_unordered(run_block, store_path, jobs, sample, task_config, want_weights):
@@ -289,9 +314,8 @@ def _run_pending(pending: Plan, *, store_path: str, sample: SampleData, config: 
                 else:
                     _record_outcome(job, task.value, writer=writer, weights_path=weights_path, done=done,
                                     summary=summary, checker=checker)
-                bar.update(1)
                 rate = summary.probes_written / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"{rate:.1f} probes/s, {pending.n_probes} probes planned")
+                bar.update(1, f"{job.name}; {rate:.1f} probes/s, {pending.n_probes} probes planned")
         finally:
             bar.close()
 
@@ -375,9 +399,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:300]
 
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="block", desc="analysis", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True)

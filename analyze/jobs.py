@@ -202,7 +202,8 @@ def plan_jobs(store, config: AnalysisConfig) -> Plan:
                 "has_corrupted": has_corrupted,
                 "n_samples": store.n_samples,
             }
-            _add_checkpoint_jobs(store, common, probes, targets, config.layers, where, found)
+            _add_checkpoint_jobs(store, common, probes, targets, config.layers, where, found,
+                                 head_dropped=info.model.get("head") == "drop")
     check_matched(config.checkpoints, found.ckpt_matched, found.ckpt_names_seen, what="checkpoint",
                   where=f"{where} (--checkpoints)", hint=hint("checkpoints"))
     check_matched(config.layers, found.layer_matched, found.layer_names_seen, what="layer",
@@ -274,8 +275,13 @@ def _selected_targets(store, patterns, where: str) -> tuple[str, ...]:
 
 
 def _add_checkpoint_jobs(store, common: dict[str, Any], probes: set[str], targets: tuple[str, ...],
-                         layer_patterns, where: str, found: _Found) -> None:
-    """The jobs of one checkpoint: its selected feature blocks, its outputs, its unreadable blocks."""
+                         layer_patterns, where: str, found: _Found, *, head_dropped: bool = False) -> None:
+    """The jobs of one checkpoint: its selected feature blocks, its outputs, its unreadable blocks.
+
+    A run whose head was dropped at extraction has no outputs block; its model-output
+    probes are still planned (reading nothing) so that the table says, in ``skipped``
+    rows, why they have no numbers.
+    """
     run, ckpt = common["run"], common["checkpoint"]
     has_corrupted = common["has_corrupted"]
     blocks = store.blocks(run, ckpt)
@@ -306,6 +312,12 @@ def _add_checkpoint_jobs(store, common: dict[str, Any], probes: set[str], target
             dtype=b.dtype, chunk_rows=int(b.chunk_rows), reduction="none", probes=out_specs, **common,
         ))
         found.stored[found.jobs[-1].key] = store.stored_bytes(run, ckpt, layout.OUTPUTS)
+    elif "outputs" in probes and head_dropped:
+        found.jobs.append(BlockJob(
+            layer=layout.OUTPUTS, layer_index=len(features), n_features=0, dtype="", chunk_rows=1,
+            reduction="none", probes=(ProbeSpec("model_output", "true_labels"),)
+            + ((ProbeSpec("model_output", "train_labels"),) if has_corrupted else ()), **common,
+        ))
     for bad in unreadable_blocks(store, run, ckpt, {b.name for b in blocks}):
         found.layer_names_seen.update([bad.name] if bad.kind == "features" else [])
         job = _unreadable_job(bad, probes, has_corrupted, targets, layer_patterns, len(features), common)

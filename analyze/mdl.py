@@ -24,6 +24,12 @@ every solve; the portions are solved one after the other (each is a different de
 matrix, and they grow geometrically, so the whole code costs about two fits on the
 full train split).
 
+Token rows (SCHEMA.md §12) are transmitted *by sequence*: with ``groups`` (each row's
+sequence id) the seeded order is an order of sequences, a sequence's rows stay
+together, and every block boundary is moved forward to the next sequence boundary. A
+block then never holds tokens of a sentence that an earlier block already taught the
+probe, which would make the labels look cheaper than they are.
+
 Probabilities are mixed with the uniform distribution, ``(1 - ε) p + ε / K`` with
 ``ε = MIX`` (1e-3): a probe trained on a portion where a class is absent gives that
 class probability 0 (its optimum), and one label of that class would otherwise cost
@@ -114,6 +120,7 @@ def online_codelength(
     fractions: Sequence[float] = FRACTIONS,
     min_first: int = MIN_FIRST,
     mix: float = MIX,
+    groups=None,
     **solver_options,
 ) -> dict[str, MDLResult]:
     """Online-code MDL of every label set of one block.
@@ -133,6 +140,8 @@ def online_codelength(
         layers and checkpoints are compared on the same blocks).
     fractions, min_first, mix
         See the module docstring.
+    groups : int array (n_train,), optional
+        Sequence id of each row (token rows): blocks are cut between sequences only.
     **solver_options
         ``max_iter``, ``tol``, ``dtype`` of :func:`~analyze.solvers.logistic.fit_logistic_block`.
 
@@ -163,7 +172,10 @@ def online_codelength(
                             expected=f"{n} integers in [0, {K})", got=f"shape {y.shape}, dtype {y.dtype}")
         labels[name] = y.astype(np.intp)
     ends = block_ends(n, fractions, min_first)
-    order = np.random.default_rng(seed).permutation(n)
+    if groups is None:
+        order = np.random.default_rng(seed).permutation(n)
+    else:
+        order, ends = _group_blocks(np.asarray(groups), ends, seed)
     Xo = X[order]
     Yo = {k: v[order] for k, v in labels.items()}
     bits = {k: [ends[0] * np.log2(K)] for k in labels}
@@ -194,3 +206,25 @@ def online_codelength(
                               compression=float(uniform / total) if total > 0 else float("inf"),
                               block_ends=ends, block_bits=b)
     return out
+
+
+def _group_blocks(groups: np.ndarray, ends: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded order of whole groups (rows of a group together) and the block ends moved
+    forward to the next group boundary (SCHEMA.md §12: tokens of one sentence never
+    straddle two blocks)."""
+    n = ends[-1]
+    if groups.shape != (n,):
+        raise DataError("groups do not fit the features", where="online_codelength groups",
+                        expected=f"one sequence id per train row ({n})", got=f"shape {groups.shape}")
+    ids, inverse = np.unique(groups, return_inverse=True)
+    if ids.size < 2:
+        raise DataError("the train split holds a single sequence: an online code needs two", where="mdl",
+                        expected="train rows from at least 2 sequences", got=f"{n} rows of 1 sequence")
+    rank = np.empty(ids.size, dtype=np.int64)
+    rank[np.random.default_rng(seed).permutation(ids.size)] = np.arange(ids.size)
+    order = np.argsort(rank[inverse], kind="stable")
+    boundaries = np.flatnonzero(np.diff(rank[inverse][order])) + 1  # first row of each later group
+    boundaries = np.append(boundaries, n)
+    snapped = boundaries[np.searchsorted(boundaries, ends, side="left")]
+    return order, np.unique(snapped)
+

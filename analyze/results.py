@@ -4,7 +4,7 @@ Schema (specified in storage_schema/RESULTS.md, declared in :data:`analyze.table
 ``probe_id = "run/checkpoint/layer/probe/target"`` is unique (store names never contain
 ``/``), then the block's identity, the chosen hyperparameter, metrics per split, sample
 counts, fit time, ``status`` (``"ok"``, ``"not_converged"``, ``"degenerate_split"``,
-``"failed"``) and ``message`` (why a row is not ``ok``). Errors are fractions in
+``"skipped"``, ``"failed"``) and ``message`` (why a row is not ``ok``). Errors are fractions in
 [0, 1]; metrics a probe does not have are NaN.
 
 Durability: every finished block is written at once as a small Parquet file in
@@ -219,8 +219,7 @@ class ResultsWriter:
             raise ConfigError(
                 f"the existing results were computed by another probestore (results version {found})",
                 where=where,
-                expected=f"results version {mine} (control probes on sample types at the task probe's C, "
-                         "selectivity per split, training-label C from an inner split of train)",
+                expected=f"results version {mine} (storage_schema/RESULTS.md §2 lists what each version changed)",
                 got=f"results version {found}",
                 fix="write to another results path (-o/--results), or delete the old table, its .csv and "
                     ".parts to recompute",

@@ -403,6 +403,9 @@ def run_similarity(store_path, out_path=None, *, runs=None, checkpoints=None, la
         budget (``max_block_bytes``), as for ``probestore analyze``.
     client : distributed.Client, optional
     log : callable, optional
+        Receives the lines (default: :class:`probestore.progress.Log` labelled
+        ``similarity``: a bar per phase on a terminal, else one timestamped line per task
+        with rate and ETA).
 
     Returns
     -------
@@ -414,7 +417,6 @@ def run_similarity(store_path, out_path=None, *, runs=None, checkpoints=None, la
     NotFoundError, ConfigError
         Filters matching nothing, an unknown pair kind or sample set, no pair to compare.
     """
-    import sys
     from pathlib import Path
 
     import pandas as pd
@@ -423,10 +425,11 @@ def run_similarity(store_path, out_path=None, *, runs=None, checkpoints=None, la
     from analyze.config import AnalysisConfig
     from analyze.tables import conform, write_table
     from probestore.errors import ConfigError, NotFoundError, did_you_mean
+    from probestore.progress import Log, Progress
     from storage_schema.store import open_store
 
     config = config or AnalysisConfig()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or Log("similarity")
     if samples not in SAMPLE_SETS:
         raise ConfigError(f"unknown sample set {samples!r}", where="--samples", expected=" or ".join(SAMPLE_SETS),
                           got=repr(samples), fix=did_you_mean(str(samples), SAMPLE_SETS) or "use all or test")
@@ -453,17 +456,21 @@ def run_similarity(store_path, out_path=None, *, runs=None, checkpoints=None, la
     results: dict[tuple, float] = {}
     with open_executor(config, len(used), client=client, log=log) as (executor, _):
         check_store_visible(executor, store_path)
-        for task in executor.map_unordered(moments_task, store_path, [blocks[i] for i in used], rows, budget):
-            if task.error is not None:
-                raise task.error
-            moments[task.item.key] = task.value
+        with Progress(len(used), unit="block", log=log, desc="moments") as bar:
+            for task in executor.map_unordered(moments_task, store_path, [blocks[i] for i in used], rows, budget):
+                if task.error is not None:
+                    raise task.error
+                moments[task.item.key] = task.value
+                bar.update(1, task.item.name)
         jobs = [CrossJob(blocks[a], moments[blocks[a].key], tuple(blocks[b] for b in bs),
                          tuple(moments[blocks[b].key] for b in bs)) for a, bs in sorted(partners.items())]
-        for task in executor.map_unordered(cross_task, store_path, jobs, rows, budget):
-            if task.error is not None:
-                raise task.error
-            for ka, kb, value in task.value:
-                results[(ka, kb)] = results[(kb, ka)] = value
+        with Progress(len(jobs), unit="task", log=log, desc="CKA") as bar:
+            for task in executor.map_unordered(cross_task, store_path, jobs, rows, budget):
+                if task.error is not None:
+                    raise task.error
+                for ka, kb, value in task.value:
+                    results[(ka, kb)] = results[(kb, ka)] = value
+                bar.update(1, f"{task.item.name} x {len(task.item.partners)} block(s)")
     n = next(iter(moments.values())).n
     table = []
     for i, j in pair_list:

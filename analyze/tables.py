@@ -126,11 +126,12 @@ RESULTS = TableSpec(
     title="probe results table",
     producer="probestore analyze",
     # 1.1: control probes on sample types at the task probe's C, selectivity per split,
-    # training-label C chosen on an inner split of train, grid_edge.
-    version="1.1",
+    # training-label C chosen on an inner split of train, grid_edge. 1.2: status
+    # "skipped" (model-output rows of a model whose head is not the dataset's).
+    version="1.2",
     readable_majors=("1",),
     signature=("run", "checkpoint", "layer", "probe", "target"),
-    statuses=("ok", "not_converged", "degenerate_split", "failed"),
+    statuses=("ok", "not_converged", "degenerate_split", "skipped", "failed"),
     columns=(
         Column("probe_id", STR, "", "run/checkpoint/layer/probe/target: the unique key of a row", key=True),
         Column("run", STR, "", "store run name", key=True),
@@ -168,8 +169,9 @@ RESULTS = TableSpec(
         *(Column(f"n_{s}", INT, "count", f"samples in the {s} split", "-1 when unknown") for s in _SPLITS),
         Column("fit_seconds", FLOAT, "seconds", "wall time of the fit", "not measured",
                nondeterministic=True),
-        Column("status", STR, "", "ok, not_converged, degenerate_split or failed"),
-        Column("message", STR, "", "why a row is not ok", "\"\" for ok rows"),
+        Column("status", STR, "", "ok, not_converged, degenerate_split, skipped or failed"),
+        Column("message", STR, "", "why a row is not ok; for an ok row, how it was computed where that is not "
+               "the default (e.g. restricted to the classes of a class_map)", "\"\" for ok rows computed as specified"),
         Column("mdl_codelength_bits", FLOAT, "bits", "online code length of the train labels (probe mdl)",
                "not an mdl row"),
         Column("mdl_uniform_bits", FLOAT, "bits", "uniform code length of the train labels (probe mdl)",

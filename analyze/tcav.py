@@ -616,7 +616,9 @@ def run_tcav(store_path: str | Path, opts: TCAVOptions, *, config=None, client=N
     client : distributed.Client, optional
         Run on this client's cluster (the caller owns it); overrides the scheduler.
     log : callable, optional
-        Progress lines.
+        Progress lines (none by default). ``probestore tcav`` passes a
+        :class:`probestore.progress.Log` labelled ``tcav``: a bar on a terminal, else one
+        timestamped line per block with rate and ETA.
 
     Returns
     -------
@@ -633,7 +635,9 @@ def run_tcav(store_path: str | Path, opts: TCAVOptions, *, config=None, client=N
 
     from analyze.cluster import check_store_visible, open_executor
     from analyze.config import ExecutionSettings
+    from probestore.progress import Progress
 
+    quiet = log is None
     log = log or (lambda _msg: None)
     config = config if config is not None else ExecutionSettings(scheduler="none")
     if config.threads_per_worker is None:
@@ -646,11 +650,12 @@ def run_tcav(store_path: str | Path, opts: TCAVOptions, *, config=None, client=N
     if blocks:
         with open_executor(config, len(blocks), client=client, log=log) as (executor, _):
             check_store_visible(executor, store_path)
-            for task in executor.map_unordered(tcav_block_task, store_path, blocks, plan):
-                if task.error is not None:
-                    raise task.error
-                done[task.item] = task.value
-                log(f"{task.item.run}/{task.item.checkpoint}/{task.item.layer} ({len(done)}/{len(blocks)})")
+            with Progress(len(blocks), unit="block", log=log, enabled=not quiet) as bar:
+                for task in executor.map_unordered(tcav_block_task, store_path, blocks, plan):
+                    if task.error is not None:
+                        raise task.error
+                    done[task.item] = task.value
+                    bar.update(1, f"{task.item.run}/{task.item.checkpoint}/{task.item.layer}")
     # The fixed order of the table: run, checkpoint, then its layers' rows, then its ConExp.
     rows: list[dict] = []
     for key, bs in layout:
@@ -675,6 +680,14 @@ def _plan(store_path: str, opts: TCAVOptions):
     from storage_schema.store import open_store
 
     with open_store(store_path, "r") as store:
+        if store.has_sequences():
+            # CAV held-out rows and random counterexample sets are drawn by row: tokens of one
+            # sentence would sit on both sides of a CAV's held-out split (SCHEMA.md §12.2).
+            raise ConfigError("TCAV is not defined on token or word rows", where=str(store_path),
+                              expected="a store with one row per input (dataset.unit absent or 'sequence')",
+                              got=f"{store.unit} rows of {store.n_sequences} sequences",
+                              fix="extract a sequence-level reduction (cls, mean, last) into another store "
+                                  "for TCAV; classifier, control, RCV and MDL probes work on token rows")
         class_names = list(store.dataset.class_names)
         labels = store.labels()
         eval_rows = store.split_indices(opts.split)
@@ -889,20 +902,46 @@ def _failed_rcv_row(base, layer, target, message, lift_scale) -> dict:
 
 
 def _conexp_rows(store, run, ckpt, binary, eval_rows, class_ids, class_names, opts, base):
+    """ConExp rows of one checkpoint. A head of other classes (SCHEMA.md §4.3) is scored
+    on the classes of its ``class_map`` only (``prob``: softmax over the mapped logits);
+    without one, and for unmapped classes, the rows are failed and say why
+    (:func:`analyze.outputs.output_head`)."""
+    from analyze.outputs import output_head
+
+    head = output_head(store.run_info(run).model, store.dataset.class_names)
+    skipped = list(class_ids) if head.kind == "skipped" else []
+    out = [{**base, "method": "conexp", "layer": None, "concept": b, "class_index": int(k),
+            "class_name": class_names[k], "conexp_score": opts.conexp_score, "status": "failed",
+            "message": "ConExp " + (head.message if head.kind == "skipped" else
+                                    "skipped: the dataset class is not in the model's class_map")}
+           for b in binary for k in skipped]
+    if head.kind == "skipped":
+        return out
     logits = store.read_logits(run, ckpt, eval_rows).astype(np.float64)
+    if head.kind == "mapped":
+        assert head.columns is not None
+        mapped = np.flatnonzero(head.columns >= 0)
+        logits = logits[:, head.columns[mapped]]  # column j: dataset class mapped[j]
+        position = {int(k): j for j, k in enumerate(mapped)}
+        out = [{**base, "method": "conexp", "layer": None, "concept": b, "class_index": int(k),
+                "class_name": class_names[k], "conexp_score": opts.conexp_score, "status": "failed",
+                "message": "ConExp skipped: the dataset class is not in the model's class_map"}
+               for b in binary for k in class_ids if int(k) not in position]
+        class_ids = [k for k in class_ids if int(k) in position]
+    else:
+        position = {int(k): int(k) for k in class_ids}
     if opts.conexp_score == "prob":
         z = logits - logits.max(1, keepdims=True)
         scores = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     else:
         scores = logits
-    out = []
     for b in binary:
         concept = store.read_target(b)[eval_rows].astype(bool)
         diff = conexp(scores, concept)
         for k in class_ids:
             out.append({**base, "method": "conexp", "layer": None, "concept": b, "class_index": int(k),
                         "class_name": class_names[k], "n_samples": int(len(eval_rows)),
-                        "score_mean": float(diff[k]), "n_concept": int(concept.sum()),
+                        "score_mean": float(diff[position[int(k)]]), "n_concept": int(concept.sum()),
                         "conexp_score": opts.conexp_score})
     return out
 

@@ -10,9 +10,10 @@ layer) tasks run where ``probestore similarity`` runs its blocks: ``--scheduler 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
+
+from probestore.progress import Log
 
 __all__ = ["register", "tcav_command"]
 
@@ -44,22 +45,27 @@ def register(subparsers) -> None:
     p.add_argument("--layers", metavar="PATTERNS",
                    help="comma-separated layer names or globs (default: all with gradients)")
     p.add_argument("--runs", metavar="PATTERNS", help="comma-separated run names or globs (default: all)")
-    p.add_argument("--checkpoints", metavar="PATTERNS", help="comma-separated checkpoint names or globs")
+    p.add_argument("--checkpoints", metavar="PATTERNS",
+                   help="comma-separated checkpoint names or globs (default: all)")
     p.add_argument("--repeats", type=int, default=50, metavar="R", help="CAVs per concept and null CAVs (default 50)")
     p.add_argument("--random-size", type=int, default=50, metavar="N", help="examples per random set (default 50)")
     p.add_argument("--split", default="test", help="samples scored (default: test)")
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level of the two-sided t-test of each TCAV score (default %(default)s)")
     p.add_argument("--bonferroni", action=argparse.BooleanOptionalAction, default=True,
                    help="divide alpha by the number of TCAV tests in the table (default: on; "
                         "--no-bonferroni tests each at alpha)")
     p.add_argument("--holdout", type=float, default=1 / 3, metavar="FRACTION",
                    help="share of each CAV's examples held out for cav_heldout_accuracy (default 1/3, as Kim et al.)")
-    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the CAV classifiers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-rcv", action="store_true", help="skip RCV sensitivity")
+    p.add_argument("--C", type=float, default=1.0,
+                   help="inverse L2 strength of the CAV classifiers (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random sets, CAV splits and classifiers (default %(default)s)")
+    p.add_argument("--no-rcv", action="store_true", help="skip RCV sensitivity (off by default)")
     p.add_argument("--rcv-targets", metavar="NAMES", help="continuous targets for RCV sensitivity (default: all)")
-    p.add_argument("--no-conexp", action="store_true", help="skip ConExp")
-    p.add_argument("--conexp-score", choices=("logit", "prob"), default="logit")
+    p.add_argument("--no-conexp", action="store_true", help="skip ConExp (off by default)")
+    p.add_argument("--conexp-score", choices=("logit", "prob"), default="logit",
+                   help="ConExp on the class logit or its softmax probability (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads per task (default 1; see TCAVOptions)")
     r = p.add_argument_group("execution (one task per run, checkpoint and layer)")
     r.add_argument("--scheduler", metavar="ADDR", help="'local' (default), 'none' (in-process) or tcp://HOST:PORT")
@@ -85,8 +91,8 @@ def tcav_command(args: argparse.Namespace) -> int:
     store = Path(args.store)
     out = Path(args.output) if args.output else store.with_name(store.name + ".tcav.parquet")
     t0 = time.perf_counter()
-    rows = run_tcav(store, opts, config=config,
-                    log=lambda m: print(f"tcav: {m}", file=sys.stderr, flush=True))
+    log = Log("tcav")  # every stderr line of the command: "tcav: ...", timestamped in a log file
+    rows = run_tcav(store, opts, config=config, log=log)
     write_table(rows, out, opts)
     n_sig = sum(1 for r in rows if r["method"] == "tcav" and r.get("significant"))
     n_tests = sum(1 for r in rows if r["method"] == "tcav")
@@ -96,7 +102,6 @@ def tcav_command(args: argparse.Namespace) -> int:
     print(f"{len(rows)} rows ({n_tests} TCAV tests, {n_sig} significant at {level}) in "
           f"{time.perf_counter() - t0:.1f} s -> {out}")
     if failed:
-        print(f"WARNING: {len(failed)} row(s) failed (status 'failed'; e.g. {failed[0]['concept']} at "
-              f"{failed[0]['run']}/{failed[0]['checkpoint']}/{failed[0]['layer']}: {failed[0]['message']})",
-              file=sys.stderr)
+        log(f"WARNING: {len(failed)} row(s) failed (status 'failed'; e.g. {failed[0]['concept']} at "
+            f"{failed[0]['run']}/{failed[0]['checkpoint']}/{failed[0]['layer']}: {failed[0]['message']})")
     return 0

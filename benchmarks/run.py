@@ -51,18 +51,22 @@ def benchmarks(out: Path, store: Path | None) -> dict[str, list[str]]:
     real = ["--store", str(store)] if store else []
     return {
         "extract": ["benchmarks/bench_extract.py", "--out", str(out / "extract.json")],
+        "text_extract": ["benchmarks/bench_text_extract.py", "--out", str(out / "text_extract.json")],
         "probes": ["benchmarks/bench_probes.py", "--out", str(out / "probes.json")],
         "analyze": ["benchmarks/bench_analyze.py", *real, "--layers", "relu*", "--blocks", "2",
                     "--out", str(out / "analyze.json")],
         "cka": ["benchmarks/bench_cka.py", *real, "--workers", "0,1,2", "--out", str(out / "cka.json")],
         "tcav": ["benchmarks/bench_tcav.py", "--out", str(out / "tcav.json")],
+        # Alain & Bengio's scale (1,000 classes, 1,000 features); --paper for N = 50,000 (issue 16)
+        "paper": ["benchmarks/bench_paper_scale.py", "--sklearn-iters", "3", "--scaling",
+                  "--out", str(out / "paper_scale.json")],
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-output", help="folder for the JSON figures")
-    parser.add_argument("--only", help="comma-separated subset of: extract, probes, analyze, cka, tcav")
+    parser.add_argument("--only", help="comma-separated subset of: extract, text_extract, probes, analyze, cka, tcav")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

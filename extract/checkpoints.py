@@ -10,6 +10,13 @@ Probing *during training* (Alain & Bengio 2016 Fig. 9; Graziani et al. 2019 Fig.
 means a series of checkpoints. :func:`resolve_checkpoints` turns a glob, a directory or
 a training manifest into an epoch-sorted list of :class:`CheckpointRef` with names that
 are safe to use as store paths.
+
+``.safetensors`` files are accepted wherever a ``.pt`` is: they hold tensors only and
+are read with ``safetensors`` (nothing to unpickle). A Hugging Face ``save_pretrained``
+folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) is a
+checkpoint too, and a folder of them (``step_1000/``, ``step_2000/``, or the
+``checkpoint-1000/`` of the ``transformers`` Trainer) is a series, with the step as the
+epoch (:func:`folder_epoch_step`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from storage_schema.names import NAME_PATTERN, sanitize_name, validate_name
 
 #: A checkpoint / run name that is safe as a path component in every store backend.
 NAME_RE = NAME_PATTERN
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+SAFETENSORS_SUFFIX = ".safetensors"
 #: File name that makes a checkpoint directory self-describing (written by training).
 MANIFEST_NAME = "manifest.json"
 _RESAVE = ("re-save it from trusted code with torch.save(model.state_dict(), path); "
@@ -55,8 +63,14 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ----------
     path : path-like
         A file written by ``torch.save`` holding a state dict, or a dict that holds one
-        under ``"state_dict"`` or ``"model"`` (the usual training-checkpoint layouts).
+        under ``"state_dict"`` or ``"model"`` (the usual training-checkpoint layouts);
+        or a ``.safetensors`` file (read with ``safetensors``, never unpickled).
         Keys all prefixed ``module.`` (saved from ``DataParallel``) are unprefixed.
+        The weights file of a ``save_pretrained`` folder is first checked the same way,
+        then read by ``transformers`` (:func:`extract.hf_models.folder_state_dict`), which
+        names the weights as the folder's own architecture does: ``transformers`` 5
+        renames and fuses checkpoint keys on loading, so the file's raw keys are not
+        always the modules' names.
 
     Returns
     -------
@@ -77,6 +91,28 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if p.stat().st_size == 0:
         raise CheckpointError("checkpoint file is empty (an interrupted save?)", where=where,
                               fix="re-save the checkpoint")
+    from extract.hf_models import (
+        SHARD_INDEXES,
+        WEIGHT_FILES,
+        folder_state_dict,
+        is_hf_folder,
+        shard_files,
+    )
+
+    if p.name in SHARD_INDEXES and is_hf_folder(p.parent):
+        for shard in shard_files(p, where):  # each checked like a checkpoint file before transformers reads it
+            _read_file(shard, f"checkpoint shard {str(shard)!r}")
+        return folder_state_dict(p, where)
+    state = _read_file(p, where)
+    if p.name in WEIGHT_FILES and is_hf_folder(p.parent):
+        return folder_state_dict(p, where)  # the file was just checked: tensors only, nothing unpickled as code
+    return state
+
+
+def _read_file(p: Path, where: str) -> dict[str, torch.Tensor]:
+    """The state dict of one file: ``safetensors``, or ``torch.load(weights_only=True)``."""
+    if p.suffix.lower() == SAFETENSORS_SUFFIX:
+        return _as_state_dict(_load_safetensors(p, where), where)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols of files it is about to refuse anyway
@@ -93,6 +129,22 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         # (a fuzz test in tests/test_checkpoint_fuzz.py mutates real files to find them).
         raise _corrupt_error(p, where, exc) from None
     return _as_state_dict(obj, where)
+
+
+def _load_safetensors(p: Path, where: str) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors on CPU; a damaged file is one CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(p, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError("safetensors checkpoint is truncated or corrupt", where=where,
+                              expected="a file written by safetensors (save_file or save_pretrained)",
+                              got=detail,
+                              fix="re-copy the file, or re-save it with "
+                                  "safetensors.torch.save_file(model.state_dict(), path)") from None
 
 
 def _corrupt_error(p: Path, where: str, exc: BaseException) -> CheckpointError:
@@ -159,7 +211,7 @@ def _listing(label: str, items: list[str]) -> str:
 
 
 def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
-              where: str = "checkpoint") -> torch.nn.Module:
+              where: str = "checkpoint", *, head: Any = None, drop_head: bool = False) -> torch.nn.Module:
     """Load ``state_dict`` into ``model`` strictly, with one readable error.
 
     ``nn.Module.load_state_dict`` stops at the first shape mismatch and prints every
@@ -172,6 +224,14 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     state_dict : mapping of str to torch.Tensor
     where : str
         Names the checkpoint in the error message.
+    head : extract.models.HeadInfo, optional
+        The model's head (:func:`extract.models.find_head`). When the only problems are
+        the head's keys, the error says how to fix it: the checkpoint's head width as
+        ``[model] num_classes``, or ``head = "drop"``.
+    drop_head : bool
+        ``head = "drop"``: the head's keys may be missing, unexpected or of any shape
+        (the head keeps its initialization and its outputs are not stored); every other
+        key is loaded strictly.
 
     Returns
     -------
@@ -181,37 +241,83 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     Raises
     ------
     CheckpointError
-        Missing keys, unexpected keys or shape mismatches.
+        Missing keys, unexpected keys or shape mismatches (outside the head when it is
+        dropped).
     """
+    if drop_head and head is None:
+        raise CheckpointError("head = \"drop\" but the model has no head to drop", where=where,
+                              expected="an nn.Linear reached by the forward pass", got="none",
+                              fix='set [model] head = "keep"')
+    from extract.hf_models import adapt_state_dict
+
+    state_dict = adapt_state_dict(model, state_dict)  # save_pretrained's conventions (tied, prefixed keys)
     own = model.state_dict()
+    if drop_head:
+        own = {k: v for k, v in own.items() if not head.owns(k)}
+        state_dict = {k: v for k, v in state_dict.items() if not head.owns(k)}
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    mismatched = [k for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
     problems = []
     if missing:
         problems.append(_listing("missing keys", missing))
     if unexpected:
         problems.append(_listing("unexpected keys", unexpected))
     if mismatched:
-        problems.append(_listing("shape mismatches", mismatched))
+        problems.append(_listing("shape mismatches", [f"{k}: {tuple(state_dict[k].shape)} vs model "
+                                                      f"{tuple(own[k].shape)}" for k in mismatched]))
     if problems:
         raise CheckpointError(
             "checkpoint does not fit the model", where=where,
-            expected=f"the {len(own)} entries of {type(model).__name__}.state_dict()",
+            expected=f"the {len(own)} entries of {type(model).__name__}.state_dict()"
+                     + (f" outside the dropped head {head.name!r}" if drop_head else ""),
             got="; ".join(problems),
-            fix="wrong architecture? check the model spec (name, options, num_classes, "
-                "input_shape) matches the one the checkpoint was trained with")
-    model.load_state_dict(state_dict, strict=True)
+            fix=_head_fix(head, state_dict, own, missing + unexpected + mismatched)
+            or "wrong architecture? check the model spec (name, options, num_classes, "
+               "input_shape) matches the one the checkpoint was trained with")
+    if drop_head:
+        result = model.load_state_dict(state_dict, strict=False)
+        assert not result.unexpected_keys and all(head.owns(k) for k in result.missing_keys)
+    else:
+        model.load_state_dict(state_dict, strict=True)
     return model
 
 
+def _head_fix(head: Any, state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+              bad: list[str]) -> str | None:
+    """The fix when only the head does not fit (None otherwise): the checkpoint's width
+    as ``num_classes``, or dropping the head."""
+    if head is None or not bad or not all(head.owns(k) for k in bad):
+        return None
+    drop = f'[model] head = "drop" to probe only the hidden layers (the head {head.name!r} is then not loaded)'
+    weight = state_dict.get(f"{head.name}.weight")
+    mine = own.get(f"{head.name}.weight")
+    if weight is not None and mine is not None and weight.dim() == 2 and weight.shape[1:] == mine.shape[1:]:
+        width = int(weight.shape[0])
+        return (f"the checkpoint's head {head.name!r} has {width} outputs, the model's {int(mine.shape[0])}: "
+                f"set [model] num_classes = {width} (the head's own classes; the dataset keeps its labels), "
+                f"or {drop}")
+    return f"set {drop}"
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints can be gigabytes)."""
+    """Hex SHA-256 of a file, read in chunks (checkpoints can be gigabytes).
+
+    The index of a ``save_pretrained`` folder's shards (``model.safetensors.index.json``)
+    stands for the weights it lists: its digest is that of the index's bytes followed by
+    every shard's bytes, in index order, so a changed shard changes it too.
+    """
+    from extract.hf_models import SHARD_INDEXES, is_hf_folder, shard_files
+
+    p = Path(path)
+    files = [p]
+    if p.name in SHARD_INDEXES and is_hf_folder(p.parent):
+        files += shard_files(p, f"checkpoint {str(p)!r}")
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            h.update(block)
+    for file in files:
+        with open(file, "rb") as f:
+            while block := f.read(chunk_size):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -289,7 +395,8 @@ def _default_name(epoch: int | None, step: int | None, stem: str) -> str:
 def _sorted_unique(refs: list[CheckpointRef], where: str) -> list[CheckpointRef]:
     if not refs:
         raise ConfigError("no checkpoints found", where=where,
-                          expected="*.pt / *.pth files or a manifest listing checkpoints",
+                          expected="*.pt / *.pth / *.safetensors files, save_pretrained folders or a "
+                                   "manifest listing checkpoints",
                           got="nothing", fix="check the path or glob pattern")
     refs = sorted(refs, key=lambda r: (r.epoch is None, r.epoch or 0, r.step is None,
                                        r.step or 0, r.name))
@@ -374,12 +481,15 @@ def resolve_checkpoints(source: str | os.PathLike[str]) -> list[CheckpointRef]:
     Parameters
     ----------
     source : str or path-like
-        A manifest ``*.json`` written by :func:`write_manifest`; a directory (its
-        ``manifest.json`` if there is one, else its ``*.pt`` / ``*.pth`` files, not
-        recursive); a single file; or a glob pattern.
-        Names from files are ``epoch_0003``-style (see :func:`parse_epoch_step`);
-        names from a manifest are kept and validated. Checkpoints without a known
-        epoch sort last.
+        A manifest ``*.json`` written by :func:`write_manifest`; a ``save_pretrained``
+        folder (one checkpoint: its ``model.safetensors`` or ``pytorch_model.bin``); a
+        directory (its ``manifest.json`` if there is one, else its ``*.pt`` / ``*.pth`` /
+        ``*.safetensors`` files and ``save_pretrained`` subfolders, not recursive); a
+        single file; or a glob pattern (files and ``save_pretrained`` folders).
+        Names from files are ``epoch_0003``-style (see :func:`parse_epoch_step`), from
+        folders ``step_00001000`` with the step as the epoch (:func:`folder_epoch_step`;
+        a single folder without a step in its name is ``pretrained``); names from a
+        manifest are kept and validated. Checkpoints without a known epoch sort last.
 
     Returns
     -------
@@ -400,12 +510,62 @@ def resolve_checkpoints(source: str | os.PathLike[str]) -> list[CheckpointRef]:
         return _sorted_unique(read_manifest(src / MANIFEST_NAME), where)
     if src.is_file():
         return _sorted_unique(_refs_from_files([src]), where)
+    if _is_weights_folder(src):
+        return _sorted_unique([_folder_ref(src, single=True)], where)
     if src.is_dir():
-        files = [q for q in sorted(src.iterdir())
-                 if q.is_file() and q.suffix.lower() in CHECKPOINT_SUFFIXES]
-        return _sorted_unique(_refs_from_files(files), where)
-    files = [Path(f) for f in sorted(globlib.glob(str(source))) if Path(f).is_file()]
-    return _sorted_unique(_refs_from_files(files), where)
+        entries = sorted(src.iterdir())
+        files = [q for q in entries if q.is_file() and q.suffix.lower() in CHECKPOINT_SUFFIXES]
+    else:  # a glob: every file it matches
+        entries = [Path(f) for f in sorted(globlib.glob(str(source)))]
+        files = [q for q in entries if q.is_file()]
+    folders = [q for q in entries if _is_weights_folder(q)]
+    return _sorted_unique(_refs_from_files(files) + [_folder_ref(q) for q in folders], where)
+
+
+def _is_weights_folder(path: Path) -> bool:
+    """A ``save_pretrained`` folder: ``config.json`` and a weights file (checked when read)."""
+    from extract.hf_models import is_hf_folder, weights_file
+
+    return is_hf_folder(path) and weights_file(path) is not None
+
+
+_FOLDER_STEP_RE = re.compile(r"^(?:checkpoint|global[_-]?step|step|iter)[_=\-]?(\d+)$", re.IGNORECASE)
+
+
+def folder_epoch_step(name: str) -> tuple[int | None, int | None]:
+    """``(epoch, step)`` of a ``save_pretrained`` checkpoint folder, from its name.
+
+    ``step_1000``, ``checkpoint-1000`` (the ``transformers`` Trainer), ``global_step1000``:
+    step 1000, and the step is the epoch too (Trainer runs are counted in steps; the
+    epoch orders checkpoints and labels the over-training figures). ``epoch_3``: epoch 3,
+    no step. Any other name: neither (one pretrained model, for instance).
+    """
+    m = _FOLDER_STEP_RE.match(name)
+    if m:
+        step = int(m.group(1))
+        return step, step
+    m_epoch = _EPOCH_RE.fullmatch(name)
+    return (int(m_epoch.group(1)), None) if m_epoch else (None, None)
+
+
+def _folder_ref(folder: Path, single: bool = False) -> CheckpointRef:
+    """The ref of one ``save_pretrained`` folder: its weights file, named after the folder.
+
+    A folder whose name gives no step or epoch is named ``pretrained`` when it is the
+    whole source (one released model), else after the folder.
+    """
+    from extract.hf_models import weights_file
+
+    weights = weights_file(folder)  # one weights file, or the index of its shards
+    assert weights is not None  # _is_weights_folder saw one
+    epoch, step = folder_epoch_step(folder.name)
+    if epoch is None and step is None:
+        name = "pretrained" if single else sanitize_name(folder.name)
+    elif step is not None:
+        name = f"step_{step:08d}"
+    else:
+        name = _default_name(epoch, None, folder.name)
+    return CheckpointRef(name, epoch, step, weights.resolve())
 
 
 def write_manifest(

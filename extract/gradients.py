@@ -265,10 +265,10 @@ def extract_gradients(store, run: str, checkpoint: str, model: nn.Module, torch_
                         {**gradient_attrs(reductions[m]), "complete": False, "rows_done": target})
         pending[m] = [rest] if len(rest) else []
 
-    from tqdm.auto import tqdm
+    from probestore.progress import Log, Progress
 
-    bar = tqdm(total=n, initial=start, unit="sample", unit_scale=True, disable=not progress,
-               desc=f"{run}/{checkpoint} gradients", dynamic_ncols=True)
+    bar = Progress(n, initial=start, unit="sample", log=Log("extract"), desc=f"{run}/{checkpoint} gradients",
+                   enabled=progress, each=False)
     loader = batch_loader(torch_dataset, start, batch_size, device=device, num_workers=num_workers)
     try:
         with GradientExtractor(model, reductions, device) as extractor:

@@ -24,6 +24,14 @@ Names:
     ``logits``).
 ``"torchvision:<arch>"``
     Any torchvision classification model, randomly initialised (no downloads).
+``"timm:<name>"``
+    Any ``timm`` model (``timm.create_model(name, num_classes=..., pretrained=False,
+    **options)``), randomly initialised: weights come from checkpoints, never from the
+    hub (:mod:`extract.timm_models`).
+``"hf:<folder>"``
+    The architecture of a Hugging Face ``save_pretrained`` folder, read offline, at a
+    seeded random initialization; the folder's weights are a checkpoint
+    (:mod:`extract.hf_models`).
 ``"factory:package.module:function"``
     A user's own factory. This imports and runs user code *by design*: a model spec is
     trusted configuration, like a Python file, unlike a checkpoint (which is never
@@ -31,6 +39,13 @@ Names:
 
 Module names are chosen to read well as probe names (``fc1``, ``relu1``, ...,
 ``classifier``), since :mod:`extract.layers` addresses layers by dotted name.
+
+*The head* of any model is the last ``nn.Linear`` its forward pass reaches
+(:func:`find_head`): ``fc`` of a torchvision ResNet, ``classifier.6`` of VGG,
+``classifier`` of ``mlp`` / ``shallow_cnn``, ``logits`` of ``ab_mnist_convnet``. Its
+width is ``num_classes``, which for a pretrained network is its own label set (1,000
+for ImageNet), not the dataset's; ``head = "drop"`` leaves it out of loading and of
+the stored outputs (:mod:`probestore.experiment.model`).
 """
 
 from __future__ import annotations
@@ -51,7 +66,8 @@ from probestore.errors import ConfigError, did_you_mean
 from probestore.fields import check_keys, check_type
 
 BUILTIN = ("mlp", "shallow_cnn", "ab_mnist_convnet")
-_PREFIXES = ("torchvision:", "factory:")
+HEAD_MODES = ("keep", "drop")
+_PREFIXES = ("torchvision:", "factory:", "timm:", "hf:")
 _MLP_OPTIONS = ("hidden", "depth", "width")
 _CNN_OPTIONS = ("channels", "fc")
 _AB_OPTIONS = ("channels", "fc", "dropout", "init")
@@ -71,15 +87,29 @@ class ModelSpec:
     num_classes : int
         Size of the classifier output.
     input_shape : tuple of int
-        ``(C, H, W)`` of one input sample.
+        ``(C, H, W)`` of one input sample; ``(T,)``, the tokens, for a text model (``hf:``).
     options : dict
         Architecture options (JSON-able); see :func:`build_model`.
+    head : {"keep", "drop"}
+        ``"drop"``: only the hidden layers are probed; the head (:func:`find_head`) is
+        not loaded from checkpoints and its outputs are not stored.
+    class_names : tuple of str, optional
+        The model's own class names (``num_classes`` of them), e.g. ImageNet's.
+    class_map : dict of str to int, optional
+        Dataset class name -> model class index: the logits the model-output analyses
+        use when the head's classes are not the dataset's.
+
+    ``head``, ``class_names`` and ``class_map`` are recorded (:meth:`to_dict`) only when
+    not default, so the spec of a model without them is what it always was.
     """
 
     name: str
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    head: str = "keep"
+    class_names: tuple[str, ...] | None = None
+    class_map: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         where = "model spec"
@@ -89,10 +119,13 @@ class ModelSpec:
             raise ConfigError("num_classes must be positive", where=f"{where}.num_classes",
                               expected=">= 1", got=self.num_classes)
         shape = self.input_shape
-        if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+        # token ids: (T,); a user factory may be a text model too (a text dataset gives (max_length,))
+        text = isinstance(self.name, str) and self.name.startswith(("hf:", "factory:"))
+        if (not isinstance(shape, (tuple, list)) or len(shape) not in ((1, 3) if text else (3,))
                 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape)):
             raise ConfigError("bad input_shape", where=f"{where}.input_shape",
-                              expected="3 positive integers (C, H, W)", got=repr(shape))
+                              expected="3 positive integers (C, H, W)" + (", or 1, the tokens (T,) of a text model"
+                                                                           if text else ""), got=repr(shape))
         object.__setattr__(self, "input_shape", tuple(shape))
         if not isinstance(self.options, Mapping) or not all(isinstance(k, str) for k in self.options):
             raise ConfigError("options must be a table with string keys", where=f"{where}.options",
@@ -105,30 +138,83 @@ class ModelSpec:
                               where=f"{where}.options", got=str(exc),
                               fix="use numbers, strings, booleans, lists and tables only") from None
         _check_name(self.name)
+        self._check_head()
         if self.name == "mlp":
             _mlp_widths(self.options)
         elif self.name == "shallow_cnn":
             _cnn_options(self.options)
         elif self.name == "ab_mnist_convnet":
             _ab_options(self.options)
+        elif self.name.startswith("hf:"):
+            from extract.hf_models import check_options
+
+            check_options(self.options, f"{where}.options")
+
+    def _check_head(self) -> None:
+        where = "model spec"
+        if self.head not in HEAD_MODES:
+            raise ConfigError(f"unknown head mode {self.head!r}", where=f"{where}.head",
+                              expected="'keep' or 'drop'", got=repr(self.head))
+        if self.class_names is not None:
+            names = tuple(check_type(self.class_names, (list, tuple), where=f"{where}.class_names"))
+            if len(names) != self.num_classes or not all(isinstance(n, str) for n in names):
+                raise ConfigError("class_names must name every output", where=f"{where}.class_names",
+                                  expected=f"{self.num_classes} strings (num_classes)", got=f"{len(names)} entries")
+            object.__setattr__(self, "class_names", names)
+        if self.class_map is not None:
+            table = check_type(self.class_map, dict, where=f"{where}.class_map")
+            for key, index in table.items():
+                check_type(index, int, where=f"{where}.class_map.{key}")
+                if not 0 <= index < self.num_classes:
+                    raise ConfigError("model class index outside the head", where=f"{where}.class_map.{key}",
+                                      expected=f"0 <= index < {self.num_classes}", got=index)
+            if self.head == "drop":
+                raise ConfigError("class_map with head = 'drop'", where=f"{where}.class_map",
+                                  fix="remove class_map, or keep the head")
+            object.__setattr__(self, "class_map", dict(table))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, the inverse of :meth:`from_dict`."""
-        return {"name": self.name, "num_classes": self.num_classes,
-                "input_shape": list(self.input_shape), "options": dict(self.options)}
+        """JSON-able form, the inverse of :meth:`from_dict` (defaults of the head keys left out)."""
+        out: dict[str, Any] = {"name": self.name, "num_classes": self.num_classes,
+                               "input_shape": list(self.input_shape), "options": dict(self.options)}
+        if self.head != "keep":
+            out["head"] = self.head
+        if self.class_names is not None:
+            out["class_names"] = list(self.class_names)
+        if self.class_map is not None:
+            out["class_map"] = dict(self.class_map)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
         """Validate and build from a JSON / TOML table (unknown keys refused)."""
-        check_keys(d, ("name", "num_classes", "input_shape", "options"), where="model spec",
-                   required=("name", "num_classes", "input_shape"))
+        check_keys(d, ("name", "num_classes", "input_shape", "options", "head", "class_names", "class_map"),
+                   where="model spec", required=("name", "num_classes", "input_shape"))
         shape = check_type(d["input_shape"], (list, tuple), where="model spec.input_shape")
+        names = d.get("class_names")
         return cls(name=d["name"], num_classes=d["num_classes"], input_shape=tuple(shape),
-                   options=check_type(d.get("options", {}), dict, where="model spec.options"))
+                   options=check_type(d.get("options", {}), dict, where="model spec.options"),
+                   head=check_type(d.get("head", "keep"), str, where="model spec.head"),
+                   class_names=None if names is None else tuple(check_type(names, list, where="model spec.class_names")),
+                   class_map=d.get("class_map"))
+
+    def network_dict(self) -> dict[str, Any]:
+        """What determines the network's units (no head mode, class names or map): the
+        input of the architecture id, so runs that differ only in those share random indices."""
+        d = self.to_dict()
+        d.pop("head", None)
+        d.pop("class_names", None)
+        d.pop("class_map", None)
+        return d
 
 
 def _check_name(name: str) -> None:
     if name in BUILTIN or name.startswith("torchvision:"):
+        return
+    if name.startswith(("timm:", "hf:")):
+        if not name.split(":", 1)[1]:
+            raise ConfigError("model name without its part after the prefix", where="model spec.name",
+                              expected="'timm:<model name>' or 'hf:<folder>'", got=repr(name))
         return
     if name.startswith("factory:"):
         if not _FACTORY_RE.match(name):
@@ -139,8 +225,8 @@ def _check_name(name: str) -> None:
     if re.fullmatch(r"[a-z0-9_]+", name):
         fix = (fix + " " if fix else "") + f"for a torchvision model write 'torchvision:{name}'"
     raise ConfigError(f"unknown model {name!r}", where="model spec.name",
-                      expected="'mlp', 'shallow_cnn', 'ab_mnist_convnet', 'torchvision:<arch>' or "
-                               "'factory:package.module:function'",
+                      expected="'mlp', 'shallow_cnn', 'ab_mnist_convnet', 'torchvision:<arch>', "
+                               "'timm:<name>', 'hf:<folder>' or 'factory:package.module:function'",
                       got=repr(name), fix=fix or None)
 
 
@@ -360,6 +446,71 @@ def _factory_model(name: str, num_classes: int, options: dict[str, Any]) -> nn.M
     return model
 
 
+@dataclass(frozen=True)
+class HeadInfo:
+    """Where a network's head is: the module whose outputs are the logits.
+
+    Attributes
+    ----------
+    name : str
+        Dotted module name (``fc`` for a torchvision ResNet, ``classifier.6`` for VGG,
+        ``classifier`` for the built-in ``mlp`` / ``shallow_cnn``, ``logits`` for
+        ``ab_mnist_convnet``).
+    out_features : int
+        Its width (the model's number of classes).
+    after : tuple of str
+        Modules whose output is produced after the head's (its parent containers and
+        whatever follows it): with ``head = "drop"`` they carry the unloaded head's
+        values, so they cannot be probed.
+    """
+
+    name: str
+    out_features: int
+    after: tuple[str, ...] = ()
+
+    def owns(self, key: str) -> bool:
+        """Whether a state-dict key belongs to the head (``fc.weight``, ``fc.bias``)."""
+        return key.startswith(self.name + ".")
+
+
+def find_head(model: nn.Module, input_shape: tuple[int, ...] | list[int], *,
+              device: str | torch.device = "cpu") -> HeadInfo | None:
+    """The head of ``model``: the last ``nn.Linear`` reached by a forward pass.
+
+    The rule is general (no per-architecture table): a classification network ends in
+    a linear layer whose outputs are the logits, possibly followed by reshapes or
+    pooling in no other linear layer. One dry forward of a 2-sample zero batch (eval
+    mode) records the order in which modules finish; None when no ``nn.Linear`` runs
+    (SqueezeNet's head is a convolution: it cannot drop its head).
+    """
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda _m, _i, _o, n=name: order.append(n))
+               for name, m in model.named_modules()]
+    from extract.hf_models import dummy_text_inputs, is_text_model
+
+    text = is_text_model(model)  # token ids, not a float tensor of input_shape
+    x = dummy_text_inputs(model, device=device) if text else torch.zeros(
+        (2, *input_shape), device=device,
+        dtype=next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32))
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(**x) if text else model(x)  # type: ignore[arg-type, operator]
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
+    modules = dict(model.named_modules())
+    linear = [i for i, n in enumerate(order) if isinstance(modules[n], nn.Linear)]
+    if not linear:
+        return None
+    last = linear[-1]
+    name = order[last]
+    after = tuple(dict.fromkeys(n for n in order[last + 1:] if n and n != name))
+    return HeadInfo(name, int(modules[name].out_features), after)  # type: ignore[arg-type]
+
+
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     """Instantiate ``spec`` with random weights, on CPU, in train mode.
 
@@ -391,17 +542,31 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         return _build(spec)
 
 
+def _image_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a built-in's spec (ModelSpec allows one number only for ``hf:`` text models)."""
+    c, h, w = spec.input_shape
+    return c, h, w
+
+
 def _build(spec: ModelSpec) -> nn.Module:
     if spec.name == "mlp":
-        return make_mlp(spec.input_shape, spec.num_classes, _mlp_widths(spec.options))
+        return make_mlp(_image_shape(spec), spec.num_classes, _mlp_widths(spec.options))
     if spec.name == "shallow_cnn":
         channels, fc = _cnn_options(spec.options)
         return make_shallow_cnn(spec.input_shape[0], spec.num_classes, channels, fc)
     if spec.name == "ab_mnist_convnet":
         ab_channels, ab_fc, dropout, init = _ab_options(spec.options)
-        return make_ab_mnist_convnet(spec.input_shape, spec.num_classes, ab_channels, ab_fc, dropout, init)
+        return make_ab_mnist_convnet(_image_shape(spec), spec.num_classes, ab_channels, ab_fc, dropout, init)
     if spec.name.startswith("torchvision:"):
         return _torchvision_model(spec.name.split(":", 1)[1], spec.num_classes, spec.options)
+    if spec.name.startswith("timm:"):
+        from extract.timm_models import build_timm_model
+
+        return build_timm_model(spec.name.split(":", 1)[1], spec.num_classes, spec.input_shape, spec.options)
+    if spec.name.startswith("hf:"):
+        from extract.hf_models import build_hf_model
+
+        return build_hf_model(spec.name.split(":", 1)[1], spec.num_classes, spec.options)
     return _factory_model(spec.name, spec.num_classes, spec.options)
 
 

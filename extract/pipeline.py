@@ -30,7 +30,6 @@ import errno
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,9 +53,11 @@ from probestore.locking import (
     LockHeldError,
     file_lock,
     held_writer_locks,
+    setup_lock_path,
     writer_lock,
     writer_lock_path,
 )
+from probestore.progress import Log, Progress, format_rate
 from storage_schema.names import validate_name
 
 __all__ = [
@@ -69,11 +70,25 @@ __all__ = [
     "ExtractionSummary",
 ]
 
-LOCK_SUFFIX = ".extract-lock"
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+#: The stage's messages: flushed line by line, timestamped outside a terminal (probestore.progress).
+_log = Log()
+#: Its progress: a bar per checkpoint on a terminal, one line per checkpoint elsewhere.
+_progress_log = Log("extract")
+
+
+def _checkpoint_note(summary: ExtractionSummary, run: str, ckpt: str) -> str:
+    """What happened to one checkpoint, for its progress line (samples, time, rate)."""
+    name = f"{run}/{ckpt}"
+    stats = summary.done[-1] if summary.done else None
+    if stats is not None and (stats.run, stats.checkpoint) == (run, ckpt):
+        rate = format_rate(stats.rows, stats.seconds, "sample")
+        resumed = f", resumed at row {stats.resumed_from}" if stats.resumed_from else ""
+        return f"{name}: {stats.rows} samples in {stats.seconds:.1f} s ({rate}{resumed})"
+    if summary.skipped and summary.skipped[-1] == name:
+        return f"{name}: complete, skipped"
+    return f"{name}: completed (gradients / concept sets)"
 
 
 def architecture_id(spec_dict: dict[str, Any]) -> str:
@@ -126,6 +141,7 @@ class Experiment:
     spec: Any
     architecture: str
     _labels: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _head: dict[str, Any] = field(default_factory=dict)
 
     def run_labels(self, run: RunSpec) -> tuple[np.ndarray, np.ndarray]:
         """``(train_labels, corrupted)`` of a run (corruption seeded by the run's seed)."""
@@ -146,13 +162,34 @@ class Experiment:
 
         return build_model(self.spec, seed=seed)
 
+    def head(self, model=None):
+        """The model's head (:func:`extract.models.find_head`; None when no linear layer
+        runs), found once by a dry forward pass of ``model`` (default: the seed's network)."""
+        if "head" not in self._head:
+            from extract.models import find_head
+
+            model = self.build_model(self.config.seed) if model is None else model
+            try:
+                self._head["head"] = find_head(model, self.spec.input_shape)
+            except Exception as exc:  # noqa: BLE001 - a kept head is only named in error hints
+                if self.spec.head == "drop":
+                    raise ConfigError("cannot find the model's head to drop: a dry forward pass of zeros failed",
+                                      where=f"{self.config.source} [model].head",
+                                      got=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}",
+                                      fix='set head = "keep" (the head rule needs a forward pass on an image-shaped '
+                                          'input)') from None
+                self._head["head"] = None
+        return self._head["head"]
+
 
 def load_experiment(config: ExperimentConfig) -> Experiment:
     """Load the dataset, assign splits and build the model spec of ``config``."""
     from extract.datasets import load_dataset
-    from extract.models import ModelSpec
     from extract.splits import assign_splits
+    from extract.text_experiment import is_text, load_text_experiment
 
+    if is_text(config):  # token rows, splits drawn by sequence (extract.text_experiment)
+        return load_text_experiment(config)
     ds = load_dataset(config.dataset)
     fractions = {k: config.splits[k] for k in ("train", "valid", "test")}
     predefined = None
@@ -163,9 +200,34 @@ def load_experiment(config: ExperimentConfig) -> Experiment:
         predefined = ds.predefined_split
     splits = assign_splits(ds.labels, fractions, config.seed, predefined=predefined)
     h, w = ds.image_shape[:2]
-    spec = ModelSpec(name=config.model["name"], num_classes=len(ds.class_names),
-                     input_shape=(int(ds.channels), int(h), int(w)), options=config.model["options"])
-    return Experiment(config, ds, splits, spec, architecture_id(spec.to_dict()))
+    spec = _model_spec(config, ds.class_names, (int(ds.channels), int(h), int(w)))
+    return Experiment(config, ds, splits, spec, architecture_id(spec.network_dict()))
+
+
+def _model_spec(config: ExperimentConfig, dataset_classes: list[str], input_shape: tuple[int, ...]):
+    """The model spec: the head's own width (default: the dataset's class count), head
+    mode, the model's class names and ``class_map`` as model indices (checked against the
+    dataset's classes)."""
+    from extract.models import ModelSpec
+    from probestore.experiment.model import resolve_class_map
+
+    m = config.model
+    num_classes = m.get("num_classes") or len(dataset_classes)
+    class_map = resolve_class_map(m.get("class_map"), m.get("class_names"), list(dataset_classes), num_classes,
+                                  f"{config.source} [model].class_map")
+    names = m.get("class_names")
+    # (T,) for text models: ModelSpec checks the length of the shape itself
+    return ModelSpec(name=m["name"], num_classes=num_classes, input_shape=input_shape,  # type: ignore[arg-type]
+                     options=m["options"],
+                     head=m.get("head", "keep"), class_names=None if names is None else tuple(names),
+                     class_map=class_map)
+
+
+def head_matches(spec, dataset_classes: Sequence[str]) -> bool:
+    """Whether the model's outputs are the dataset's classes, in order: a kept head of
+    the dataset's width whose class names (when given) are the dataset's."""
+    return (spec.head == "keep" and spec.num_classes == len(dataset_classes)
+            and (spec.class_names is None or list(spec.class_names) == list(dataset_classes)))
 
 
 # --------------------------------------------------------------------------- training
@@ -176,9 +238,18 @@ def train_runs(exp: Experiment, runs: Sequence[RunSpec], *, progress: bool = Tru
     from extract.train import train_model
 
     manifests = []
+    if any(run.trained for run in runs) and not head_matches(exp.spec, exp.dataset.class_names):
+        raise ConfigError("probestore train needs a head of the dataset's classes",
+                          where=f"{exp.config.source} [model]",
+                          expected=f"head = \"keep\" with num_classes = {len(exp.dataset.class_names)} "
+                                   "(the dataset's classes)",
+                          got=f"head = {exp.spec.head!r}, num_classes = {exp.spec.num_classes}",
+                          fix="remove num_classes / class_names / head from [model] to train on this dataset, "
+                              "or import pretrained checkpoints with [[runs]] checkpoints = ...")
     for run in runs:
         if not run.trained:
-            _log(f"[{run.name}] imported checkpoints ({run.checkpoints}): nothing to train")
+            what = "random initialization only" if run.random_init else f"imported checkpoints ({run.checkpoints})"
+            _log(f"[{run.name}] {what}: nothing to train")
             continue
         config = exp.config.train_config(run)
         train_labels, corrupted = exp.run_labels(run)
@@ -203,6 +274,10 @@ def checkpoint_refs(exp: Experiment, run: RunSpec) -> list:
                               expected="a training manifest", got="no manifest",
                               fix=f"run `probestore train {exp.config.source} --runs {run.name}` first")
         return resolve_checkpoints(manifest)
+    if run.random_init:  # the seeded random network only (Graziani et al.'s epoch 0)
+        from extract.checkpoints import CheckpointRef
+
+        return [CheckpointRef("epoch_0000", epoch=0)]
     assert run.checkpoints is not None  # imported run
     return resolve_checkpoints(run.checkpoints)
 
@@ -213,7 +288,7 @@ def checkpoint_refs(exp: Experiment, run: RunSpec) -> list:
 @contextlib.contextmanager
 def setup_lock(store_path: Path):
     """Exclusive inter-process lock for creating / setting up one store."""
-    lock = store_path.with_name(store_path.name + LOCK_SUFFIX)
+    lock = setup_lock_path(store_path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(lock, exclusive=True):
         yield
@@ -233,18 +308,44 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def open_or_create_store(exp: Experiment, *, overwrite: bool = False, sharded: bool = False):
-    """Open the experiment's store, creating it if missing (call under :func:`setup_lock`).
+    """Open the experiment's store, creating or growing it (call under :func:`setup_lock`).
 
-    An existing store with a different config hash is refused unless ``overwrite``,
-    which re-creates it. With ``sharded``, ``overwrite`` re-creates only a store of a
-    *different* config: n shards started with ``--overwrite`` then agree on one store
-    instead of deleting each other's work.
+    An existing store of a different config is *grown* when the config only adds to the
+    store's recorded one (runs, checkpoints, layers, gradients, concept measures and
+    sets; :mod:`probestore.experiment.growth`): the store then records the union and a
+    ``history`` entry. Any other change is refused, naming the keys, unless
+    ``overwrite``, which re-creates the store. With ``sharded``, ``overwrite`` re-creates
+    only a store of a *different* config: n shards started with ``--overwrite`` then
+    agree on one store instead of deleting each other's work.
+
+    Returns
+    -------
+    (ActivationStore, bool)
+        The store, open for appending, and whether it was created.
     """
+    store, created, growth = open_grown_or_created(exp, overwrite=overwrite, sharded=sharded)
+    return record_growth(store, growth), created
+
+
+def open_grown_or_created(exp: Experiment, *, overwrite: bool = False, sharded: bool = False):
+    """:func:`open_or_create_store` without writing the grown record yet.
+
+    :func:`run_extraction` records it (:func:`record_growth`) at the end of its setup,
+    once every new run, target and concept set was accepted: a typo caught there must
+    not become part of the store's record.
+
+    Returns
+    -------
+    (ActivationStore, bool, Growth or None)
+        ``Growth`` when the store's config differs from the experiment's (None when the
+        store was created or its config hash is the experiment's).
+    """
+    from storage_schema.fingerprint import dataset_fingerprint
     from storage_schema.store import open_store
 
     cfg = exp.config
     content = _json_safe(cfg.content())
-    want = cfg.content_hash()  # = config_hash(content), the hash the store records
+    want = cfg.content_hash()  # = config_hash(content), the hash a store made from it records
     path = cfg.store
     ds = exp.dataset
     exists = path.exists()
@@ -254,41 +355,137 @@ def open_or_create_store(exp: Experiment, *, overwrite: bool = False, sharded: b
         except (StoreFormatError, SchemaVersionError) as exc:  # damaged beyond repair: --overwrite re-creates it
             _log(f"re-creating {path} (--overwrite): {exc.what}")
             _refuse_if_written(path)
-            return _create(exp, content, exists=True), True
+            return _create(exp, content, exists=True), True, None
     if exists:
         store = open_store(path, "a")
         same = store.config_hash == want
-        if same and not (overwrite and not sharded):
-            from storage_schema.fingerprint import dataset_fingerprint
-
+        if not (overwrite and (not sharded or not same)):
+            try:
+                growth = None if same else _growth(store, exp, content)
+            except ConfigError:
+                store.close()
+                raise
             store.check_fingerprint(dataset_fingerprint(ds.sample_ids, ds.labels),
                                     where=f"{path} vs the dataset of {cfg.source}")
-            return store, False
-        if not same and not overwrite:
-            diffs = _differences(store.config or {}, content)
-            clash = _concept_preset_clash(store.config or {}, content, path, cfg.source)
-            store.close()
-            if clash is not None:
-                raise clash
-            raise ConfigError(
-                "the store was written with a different experiment config", where=str(path),
-                expected=f"config hash {store.config_hash}",
-                got=f"{want}; differences: " + "; ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else ""),
-                fix="use another store path (--store), or --overwrite to delete and re-extract it")
+            return store, False, growth
         store.close()
         _refuse_if_written(path)
         _log(f"re-creating {path} (--overwrite)")
-    return _create(exp, content, exists=exists), True
+    return _create(exp, content, exists=exists), True, None
+
+
+def _growth(store, exp: Experiment, content: dict[str, Any]):
+    """The growth from the store's recorded config to ``content``; ConfigError unless it only adds."""
+    from probestore.experiment.growth import compare_content
+
+    path, source = store.path, exp.config.source
+    old = store.config
+    suffix = Path(path).suffix
+    fix = (f"use another store path (--store NEW{suffix}), or --overwrite to delete and re-extract it")
+    if not isinstance(old, dict) or "extract" not in old:
+        raise ConfigError("the store was not written from an experiment file", where=f"{path} (config)",
+                          expected="a recorded experiment config", got=repr(old)[:60], fix=fix)
+    clash = _concept_preset_clash(old, content, path, source)
+    if clash is not None:
+        raise clash
+    growth = compare_content(old, content, resolve_layers=_layer_resolver(exp))
+    if growth.refused:
+        shown = "; ".join(growth.refused[:6]) + (f" (and {len(growth.refused) - 6} more)"
+                                                 if len(growth.refused) > 6 else "")
+        raise ConfigError(
+            "the store was written with a different experiment config, and the change is not only an "
+            "addition (it would alter stored numbers)", where=f"{path} (recorded config) vs {source}",
+            expected="the stored values of these keys (new runs, checkpoints, layers, gradients, concept "
+                     "measures and sets may be added)",
+            got=shown, fix=f"set these keys back to the stored values shown, {fix}")
+    return growth
+
+
+def _layer_resolver(exp: Experiment):
+    """``ExtractOptions -> {layer: reduction}`` on the experiment's network (built on first use)."""
+    built: list[Any] = []
+
+    def resolve(options) -> dict[str, Any]:
+        from extract.runner import plan_extraction
+        from extract.text_experiment import is_text
+        from extract.text_runner import plan_text_extraction
+
+        if not built:
+            built.append(exp.build_model(exp.config.seed))
+        plan = plan_text_extraction(built[0], exp.dataset, options, head=exp.spec.head) if is_text(exp) else \
+            plan_extraction(built[0], exp.spec.input_shape, options, head=dropped_head(exp))
+        return {name: p.to_dict() for name, p in plan.reductions.items()}
+
+    return resolve
+
+
+def record_growth(store, growth):
+    """Record a grown config: the union as ``config``, its hash, a ``history`` entry (SCHEMA.md §4.1).
+
+    Nothing is written when the union is the recorded config already (a file that only
+    drops runs or layers, or a shard that finds another shard's record). Returns the
+    store, reopened when its root attributes changed.
+    """
+    from storage_schema.metadata import HISTORY_SCHEMA, history_entry
+    from storage_schema.store import config_hash, open_store, probestore_version
+    from storage_schema.version import parse_version
+
+    if growth is None:
+        return store
+    digest = config_hash(growth.record)
+    if digest == store.config_hash:
+        return store
+    entry = history_entry(config_hash=digest, previous_config_hash=store.config_hash, added=growth.added,
+                          changed=growth.changed, probestore_version=probestore_version())
+    history = [*(store.root_attrs.get("history") or []), entry]
+    attrs: dict[str, Any] = {"config": growth.record, "config_hash": digest, "history": history}
+    if store.schema_version < parse_version(HISTORY_SCHEMA, ""):  # SCHEMA.md §2: a 1.3 item raises it
+        attrs["schema_version"] = HISTORY_SCHEMA
+    store.backend.update_attrs("", attrs)
+    path = store.path
+    store.close()
+    _log(f"grew {path}: " + "; ".join(growth.added + growth.changed or ["the record only"]))
+    return open_store(path, "a")
+
+
+def preview_growth(exp: Experiment) -> tuple[str, Any]:
+    """What extracting ``exp`` would do to its store, writing nothing (``probestore extract --dry-run``).
+
+    The same checks as :func:`open_grown_or_created` in the same order (the growth
+    classification of :mod:`probestore.experiment.growth`, then the dataset
+    fingerprint), so a change the real run refuses raises the same ``ConfigError``.
+
+    Returns
+    -------
+    (str, Growth or None)
+        ``("create", None)`` when there is no store yet, ``("same", None)`` when the store
+        records this config, ``("grow", Growth)`` when the config only adds to it.
+    """
+    from storage_schema.fingerprint import dataset_fingerprint
+    from storage_schema.store import open_store
+
+    cfg = exp.config
+    if not cfg.store.exists():
+        return "create", None
+    with open_store(cfg.store, "r") as store:
+        growth = None if store.config_hash == cfg.content_hash() else _growth(store, exp, _json_safe(cfg.content()))
+        store.check_fingerprint(dataset_fingerprint(exp.dataset.sample_ids, exp.dataset.labels),
+                                where=f"{cfg.store} vs the dataset of {cfg.source}")
+    if growth is None:
+        return "same", None
+    return "grow", growth
 
 
 def _create(exp: Experiment, content: dict[str, Any], *, exists: bool):
+    from extract.text_experiment import is_text, store_kwargs
     from storage_schema.store import create_store
 
     ds = exp.dataset
+    rows = store_kwargs(ds) if is_text(exp) else {}  # schema 1.3: unit, sequence, position, tokenization
     return create_store(exp.config.store, dataset_name=ds.name, sample_ids=ds.sample_ids, labels=ds.labels,
                         splits=exp.splits, class_names=ds.class_names,
                         split_names=("train", "valid", "test"), source=_json_safe(ds.to_dict()),
-                        config=content, overwrite=exists)
+                        config=content, overwrite=exists, **rows)
 
 
 def _refuse_if_written(path: Path) -> None:
@@ -343,7 +540,10 @@ def add_targets(store, exp: Experiment, *, progress: bool = True) -> None:
         concept_descriptions,
         load_concept_csv,
     )
+    from extract.text_experiment import add_text_targets, is_text
 
+    if is_text(exp):
+        return add_text_targets(store, exp)
     ds, opts = exp.dataset, exp.config.concepts
     present = set(store.target_names())
     store.add_target("label", ds.labels, "class", family="class",
@@ -389,6 +589,7 @@ def add_runs(store, exp: Experiment, runs: Sequence[RunSpec]) -> None:
     for run in runs:
         train_labels, corrupted = exp.run_labels(run)
         training = (exp.config.train_config(run).to_dict() if run.trained
+                    else {"random_init": True} if run.random_init
                     else {"imported_from": str(run.checkpoints)})
         store.add_run(run.name, model=exp.spec.to_dict(), architecture=exp.architecture,
                       train_labels=train_labels, corrupted=corrupted,
@@ -396,6 +597,31 @@ def add_runs(store, exp: Experiment, runs: Sequence[RunSpec]) -> None:
                                   "mode": run.mode if run.corruption > 0 else "none",
                                   "seed": int(run.seed)},
                       training=_json_safe(training), description=run.description)
+        if run.trained:
+            _grow_run_training(store, run.name, _json_safe(training))
+
+
+def _grow_run_training(store, run: str, training: dict[str, Any]) -> None:
+    """A grown run (more saved epochs) records its new training, as a one-go store would.
+
+    ``add_run`` keeps an existing run's attributes; the growth rules
+    (:mod:`probestore.experiment.growth`) allow only the saved epochs to differ. A
+    training that saves fewer epochs than recorded is not recorded: the store keeps
+    those checkpoints, so the recorded training must still describe them.
+    """
+    from probestore.experiment.training import TrainConfig
+    from storage_schema import layout
+
+    recorded = store.run_info(run).training
+    if not isinstance(recorded, dict) or "epochs" not in recorded:
+        return
+    runtime = ("device", "num_workers")
+    if {k: v for k, v in recorded.items() if k not in runtime} == {k: v for k, v in training.items()
+                                                                  if k not in runtime}:
+        return
+    before = set(TrainConfig.from_dict(dict(recorded)).epochs_to_save())
+    if set(TrainConfig.from_dict(dict(training)).epochs_to_save()) >= before:
+        store.backend.update_attrs(layout.run_node(run), {"training": training})
 
 
 def save_indices(store, exp: Experiment, plan) -> None:
@@ -607,7 +833,8 @@ def _load_checkpoint_model(exp: Experiment, run: RunSpec, ref):
         raise CheckpointError("checkpoint file changed since its manifest was written",
                               where=str(ref.path), expected=f"sha256 {ref.sha256}", got=f"sha256 {digest}",
                               fix="retrain the run, or fix the manifest")
-    load_into(model, load_state_dict(ref.path), where=str(ref.path))
+    load_into(model, load_state_dict(ref.path), where=str(ref.path), head=exp.head(),
+              drop_head=exp.spec.head == "drop")
     return model, digest, str(ref.path)
 
 
@@ -627,11 +854,16 @@ def checkpoint_damage(store, run: str, checkpoint: str, plan) -> list[str]:
         return problems
     backend = store.backend
     checked = set()
-    for name in [*plan.layers, layout.OUTPUTS]:
+    # A complete checkpoint claims the layers of its layer_order (SCHEMA.md §5): a plan
+    # layer outside it is one the store is growing, not a missing block.
+    order = backend.get_attrs(layout.checkpoint_node(run, checkpoint)).get("layer_order")
+    claimed = set(order) if isinstance(order, list) else set(plan.layers)
+    for name in [*plan.layers, *([layout.OUTPUTS] if plan.n_outputs else [])]:
         node = layout.block_array_node(run, checkpoint, name)
         checked.add(node)
         try:
-            meta = store.block_info(run, checkpoint, name, missing_ok=not info.complete)
+            meta = store.block_info(run, checkpoint, name,
+                                    missing_ok=not info.complete or name not in claimed | {layout.OUTPUTS})
             if meta is None:
                 continue
             present, total = backend.initialized_chunks(node)
@@ -711,22 +943,149 @@ class _CheckpointJob:
                 self.summary.repaired.append(f"{run.name}/{ref.name}")
                 info = None
         features_done = info is not None and info.complete
+        if features_done:
+            _check_same_weights(store, run.name, ref, info)
+        new_layers = _layers_to_add(store, run.name, ref.name, self.plan) if features_done else []
         extras = _missing_extras(store, config, self.plan, run.name, ref.name, self.external_sets)
-        if features_done and not any(extras.values()):
+        if features_done and not new_layers and not any(extras.values()):
             self.summary.skipped.append(f"{run.name}/{ref.name}")
             return
         model, digest, source = _load_checkpoint_model(self.exp, run, ref)
-        if not features_done:
+        if not features_done or new_layers:
+            if new_layers:  # a grown store: the complete blocks are kept, only these are written
+                _log(f"{run.name}/{ref.name}: adding layer(s) {', '.join(new_layers)}")
+            order = _layer_order(store, run.name, ref.name)
+            # For a complete checkpoint this checks that its weight file is the one extracted.
             store.add_checkpoint(run.name, ref.name, epoch=ref.epoch, step=ref.step, source=source,
                                  sha256=digest)
-            stats = extract_checkpoint(store, run.name, ref.name, model, self.tds, self.plan,
-                                       config.extract, device=self.device, progress=self.progress)
+            from extract.text_experiment import is_text
+            from extract.text_runner import extract_text_checkpoint
+
+            extract_rows = extract_text_checkpoint if is_text(self.exp) else extract_checkpoint
+            stats = extract_rows(store, run.name, ref.name, model, self.tds, self.plan,
+                                 config.extract, device=self.device, progress=self.progress)
+            _keep_dropped_layers_listed(store, run.name, ref.name, order)
             self.summary.done.append(stats)
         _extract_extras(store, config, self.plan, run.name, ref.name, model, self.tds,
                         self.external_sets, extras, device=self.device, progress=self.progress)
         del model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _check_same_weights(store, run: str, ref, info) -> None:
+    """A complete checkpoint's recorded weights must be the ones its manifest lists now.
+
+    Growing a run (more epochs) retrains it; the checkpoints already extracted are kept
+    only if the retraining gave the same weights (it does on CPU; GPU kernels may not).
+    Compares the two recorded SHA-256s, no file is read.
+    """
+    if ref.sha256 is None or info.sha256 is None or ref.sha256 == info.sha256:
+        return
+    raise CheckpointError(
+        f"checkpoint {run}/{ref.name} was extracted from other weights than the run's checkpoint now",
+        where=str(ref.path), expected=f"sha256 {info.sha256} (in the store)", got=f"sha256 {ref.sha256}",
+        fix="restore the checkpoint files the store was extracted from, use another store path "
+            "(--store), or --overwrite to re-extract every checkpoint")
+
+
+def _layers_to_add(store, run: str, checkpoint: str, plan) -> list[str]:
+    """Plan layers a complete checkpoint lacks (a grown store), in plan order.
+
+    Only layers outside the checkpoint's ``layer_order`` (SCHEMA.md §5): a layer it
+    names but whose data is missing is damage, re-extracted with the whole checkpoint
+    by ``--repair``. Without a ``layer_order``, every layer group present is claimed.
+    """
+    from storage_schema import layout
+
+    claimed = set(_layer_order(store, run, checkpoint))
+    if not claimed:
+        layers = f"{layout.checkpoint_node(run, checkpoint)}/layers"
+        if store.backend.node_kind(layers) == "group":
+            claimed = set(store.backend.list_children(layers)[0])
+    out = []
+    for name in plan.layers:
+        if name in claimed:
+            continue
+        meta = store.block_info(run, checkpoint, name, missing_ok=True)
+        if meta is None or not meta.complete:
+            out.append(name)
+    return out
+
+
+def _layer_order(store, run: str, checkpoint: str) -> list[str]:
+    from storage_schema import layout
+
+    node = layout.checkpoint_node(run, checkpoint)
+    if store.backend.node_kind(node) != "group":
+        return []
+    order = store.backend.get_attrs(node).get("layer_order")
+    return list(order) if isinstance(order, list) else []
+
+
+def _keep_dropped_layers_listed(store, run: str, checkpoint: str, before: list[str]) -> None:
+    """Layers dropped from the config stay in ``layer_order`` (in their place) after growing.
+
+    The writer records the plan's layers; a layer the store holds but the config no
+    longer names is inserted after the layer it followed.
+    """
+    now = _layer_order(store, run, checkpoint)
+    if set(before) <= set(now):
+        return
+    merged = list(now)
+    for i, name in enumerate(before):
+        if name in merged:
+            continue
+        after = next((p for p in reversed(before[:i]) if p in merged), None)
+        merged.insert(merged.index(after) + 1 if after is not None else 0, name)
+    store.set_layer_order(run, checkpoint, merged)
+
+
+def check_checkpoints_fit(exp: Experiment, order: Sequence[tuple[RunSpec, Any]], model=None) -> None:
+    """Load the first checkpoint file of each run into the model before the store exists.
+
+    A checkpoint that does not fit (a pretrained head of 1,000 classes on a 10-class
+    dataset) is then refused before the store is created, so the fix the error gives
+    (``[model] num_classes``, ``head = "drop"``) works on a plain rerun instead of
+    meeting a store of the old config. ``model`` (overwritten) saves building one.
+    """
+    from extract.checkpoints import load_into, load_state_dict
+
+    seen: set[str] = set()
+    for run, ref in order:
+        if ref.path is None or run.name in seen:
+            continue
+        seen.add(run.name)
+        model = model if model is not None else exp.build_model(exp.config.seed)
+        load_into(model, load_state_dict(ref.path), where=str(ref.path), head=exp.head(),
+                  drop_head=exp.spec.head == "drop")
+
+
+def dropped_head(exp: Experiment):
+    """The head :func:`extract.runner.plan_extraction` leaves out (None: the head is kept)."""
+    return exp.head() if exp.spec.head == "drop" else None
+
+
+def check_head_plan(exp: Experiment) -> None:
+    """Refuse, before any work, what a head that is not the dataset's cannot give.
+
+    ``head = "drop"`` needs a head to drop (an ``nn.Linear`` reached by the forward
+    pass). Gradients of the own-class logit (SCHEMA.md §6.1) need the logit of each
+    sample's dataset class, which only a head of the dataset's classes has.
+    """
+    spec, classes = exp.spec, exp.dataset.class_names
+    where = f"{exp.config.source} [model]"
+    if spec.head == "drop" and exp.head() is None:
+        raise ConfigError('head = "drop", but the model has no linear layer to drop', where=f"{where}.head",
+                          expected="an nn.Linear reached by the forward pass (the head rule)", got="none",
+                          fix='set head = "keep" (and num_classes to the width of its output)')
+    if exp.config.extract.gradients and not head_matches(spec, classes):
+        raise ConfigError("gradients need the logit of each sample's own class",
+                          where=f"{exp.config.source} [extract].gradients",
+                          expected=f"a kept head of the dataset's {len(classes)} classes",
+                          got=f"head = {spec.head!r}, num_classes = {spec.num_classes}"
+                              + (" with other class names" if spec.class_names is not None else ""),
+                          fix="set [extract] gradients = false to probe a head of other classes")
 
 
 def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = None,
@@ -756,6 +1115,7 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
     """
     from extract.device import resolve_device
     from extract.runner import plan_extraction
+    from extract.text_experiment import add_text_types, is_text, text_plan
 
     t_start = time.perf_counter()
     exp = load_experiment(config)
@@ -763,30 +1123,44 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
     device = resolve_device(config.extract.device)
     # Validate everything cheap before anything expensive.
     probe_model = exp.build_model(config.seed)
-    plan = plan_extraction(probe_model, exp.spec.input_shape, config.extract)
-    del probe_model
+    text = is_text(config)
+    if not text:
+        exp.head(probe_model)  # found once, by a dry forward of the model built anyway
+        check_head_plan(exp)
+    plan = (text_plan(exp, probe_model) if text else
+            plan_extraction(probe_model, exp.spec.input_shape, config.extract, head=dropped_head(exp)))
     order = global_order(exp, selected)
+    if not text:
+        check_checkpoints_fit(exp, order, probe_model)
+    del probe_model
     i, n = shard
     mine = [item for k, item in enumerate(order) if k % n == i]
     # store_write_errors outside setup_lock: a lock file that cannot be created (a
     # read-only folder) is one line too, not a PermissionError traceback.
     with store_write_errors(config.store), setup_lock(config.store):
-        store, created = open_or_create_store(exp, overwrite=overwrite, sharded=n > 1)
+        store, created, growth = open_grown_or_created(exp, overwrite=overwrite, sharded=n > 1)
         add_targets(store, exp, progress=progress)
-        add_sample_types(store, exp, log=_log)  # the control task's recurring types (schema 1.2)
+        # the control task's recurring types (schema 1.2): word types of text rows
+        (add_text_types if text else add_sample_types)(store, exp, log=_log)
         add_runs(store, exp, selected)
         stored = {name: store.load_reduction_indices(exp.architecture, name) for name in plan.layers}
-        plan = plan_extraction(exp.build_model(config.seed), exp.spec.input_shape, config.extract,
-                               stored_indices={k: v for k, v in stored.items() if v is not None})
+        plan = text_plan(exp, exp.build_model(config.seed)) if text else \
+            plan_extraction(exp.build_model(config.seed), exp.spec.input_shape, config.extract,
+                            stored_indices={k: v for k, v in stored.items() if v is not None},
+                            head=dropped_head(exp))
         save_indices(store, exp, plan)
         external_sets = add_concept_sets(store, exp)
+        store = record_growth(store, growth)  # last: everything new was accepted
     _log(f"{'created' if created else 'opened'} {config.store}: {len(exp.dataset)} samples, "
          f"{len(plan.layers)} layer(s) + outputs, {len(mine)} of {len(order)} checkpoint(s) "
          f"for shard {i}/{n} on {device}")
     summary = ExtractionSummary(store=config.store)
-    job = _CheckpointJob(exp, store, plan, external_sets, exp.dataset.torch_dataset(), device,
+    job = _CheckpointJob(exp, store, plan, external_sets, exp.dataset if text else exp.dataset.torch_dataset(), device,
                          progress, repair, summary)
     deferred = []
+    # One line per checkpoint (with the job's rate and ETA) everywhere; each checkpoint's
+    # samples get a bar of their own on a terminal.
+    counter = Progress(len(mine), unit="checkpoint", log=_progress_log, bar=False)
     with store_write_errors(config.store):
         for run, ref in mine:
             with contextlib.ExitStack() as stack:
@@ -800,6 +1174,7 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
                     deferred.append((run, ref))
                     continue
                 job(run, ref, stale)
+            counter.update(1, _checkpoint_note(summary, run.name, ref.name))
         for run, ref in deferred:
             # Wait for it, so that exit status 0 means every checkpoint is complete; if its
             # writer was killed meanwhile, the lock comes free and this process finishes it.
@@ -811,6 +1186,7 @@ def run_extraction(config: ExperimentConfig, *, runs: Sequence[str] | None = Non
             with writer_lock(writer_lock_path(config.store, run.name, ref.name),
                              what=f"checkpoint {label}", wait=True, on_wait=waiting) as stale:
                 job(run, ref, stale)
+            counter.update(1, _checkpoint_note(summary, run.name, ref.name))
     summary.seconds = time.perf_counter() - t_start
     store.close()
     return summary

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from probestore.errors import ConfigError, DataError
-from storage_schema.reductions import NEEDS_K, parse_reduction
+from storage_schema.reductions import NEEDS_K, TOKEN_AXIS_KINDS, parse_reduction
 
 #: Largest projection matrix (in elements) we agree to generate: 2**28 float32 = 1 GiB.
 MAX_PROJECT_ELEMENTS = 2**28
@@ -193,6 +193,16 @@ def plan_reduction(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError("wrong seed", where=where, expected="an integer >= 0", got=repr(seed))
     seed = int(seed)
+
+    if kind in TOKEN_AXIS_KINDS:
+        if len(shape) != 2:
+            raise ConfigError(f"'{kind}' reduces the token axis and needs a [batch, tokens, hidden] output",
+                              where=where, got=f"{len(shape) + 1}-D output",
+                              fix="use it on transformer blocks (`probestore layers` shows their shapes), "
+                                  "or an image reduction (gap, flatten, random:K) on this layer")
+        params: dict[str, Any] = {"k": k, "seed": seed} if k is not None else {}
+        # Rows are chosen per batch by extract.token_reductions; every hidden unit is kept.
+        return ReductionPlan(kind, params, shape, shape[1], None, layer_name)
 
     if kind == "auto":
         if len(shape) == 3:
@@ -367,6 +377,13 @@ def build_reducer(
         mod = RandomSubset(plan, device, dtype)
     elif plan.kind == "project":
         mod = RandomProjection(plan, device, dtype)
+    elif plan.kind in ("cls", "mean"):  # every token real (a vision transformer on images)
+        from extract.token_pooling import DenseTokenPool
+
+        mod = DenseTokenPool(plan, dtype)
+    elif plan.kind in TOKEN_AXIS_KINDS:
+        raise ConfigError(f"'{plan.kind}' needs the rows of each batch", where=f"layer {plan.layer!r}",
+                          fix="build it with extract.token_reductions.TokenRowReducer (text extraction)")
     else:
         raise ConfigError(f"unknown plan kind {plan.kind!r}", where=f"layer {plan.layer!r}",
                           expected="gap, gmp, flatten, random or project", got=plan.kind)

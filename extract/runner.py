@@ -30,7 +30,14 @@ from torch import nn
 
 from extract.device import autocast_context, prepare_device
 from extract.gradients import check_gradient_plan
-from extract.layers import LayerTaps, check_calls, list_layers, select_layers, split_call
+from extract.layers import (
+    LayerTaps,
+    check_calls,
+    list_layers,
+    no_tensor_error,
+    select_layers,
+    split_call,
+)
 from extract.loading import batch_loader
 from extract.reductions import ReductionPlan, build_reducer, plan_reduction
 from extract.writer import CheckpointWriter
@@ -53,7 +60,7 @@ class ExtractionPlan:
         Feature blocks in store order: ``"input"`` first when asked, then model order.
     reductions : dict of str to ReductionPlan
     n_outputs : int
-        Width of the model output (logits) block.
+        Width of the model output (logits) block; 0: no outputs block (``head = "drop"``).
     source_shapes : dict of str to tuple
         Layer output shapes without the batch dimension.
     """
@@ -70,7 +77,8 @@ class ExtractionPlan:
 
 def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: ExtractOptions,
                     *, device: str | torch.device = "cpu",
-                    stored_indices: Mapping[str, np.ndarray] | None = None) -> ExtractionPlan:
+                    stored_indices: Mapping[str, np.ndarray] | None = None,
+                    head=None) -> ExtractionPlan:
     """Resolve layer patterns and plan every reduction, before any data is read.
 
     Parameters
@@ -85,6 +93,10 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
     stored_indices : mapping, optional
         Random-subset indices already in the store (per layer): they must equal the
         ones drawn now.
+    head : extract.models.HeadInfo, optional
+        The head to drop (``[model] head = "drop"``): no outputs block is planned
+        (``n_outputs = 0``), and the head and every module whose output comes after it
+        are refused as layers (their values would be those of an unloaded head).
 
     Returns
     -------
@@ -101,9 +113,13 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
     pseudo_input = INPUT_LAYER in options.layers and INPUT_LAYER not in module_names
     patterns = [p for p in options.layers if not (pseudo_input and p == INPUT_LAYER)]
     chosen = select_layers(model, patterns) if patterns else []
-    described = list_layers(model, input_shape, device=device)
+    no_tensor: dict[str, str] = {}
+    described = list_layers(model, input_shape, device=device, no_tensor=no_tensor)
     ran = {d.name for d in described}
     not_run = [n for n in chosen if split_call(n)[0] not in ran]
+    untensored = [n for n in not_run if split_call(n)[0] in no_tensor]
+    if untensored:  # ran, but returned None or a tuple without a tensor (extract.layers.hidden_state)
+        raise no_tensor_error(untensored[0], no_tensor[split_call(untensored[0])[0]], "extract.layers")
     if not_run:
         raise ConfigError(f"{len(not_run)} selected layer(s) do not output a tensor in a forward pass",
                           where="extract.layers", got=not_run[:5],
@@ -111,10 +127,12 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
     # A module run several times per forward must be chosen per call (name#k): refused
     # here, before any data is read, rather than storing one of its calls silently.
     shapes = check_calls(chosen, described)
-    if options.gradients and any(split_call(n)[1] is not None for n in chosen):
-        raise ConfigError("per-call layers (name#k) cannot be combined with gradients",
-                          where="extract.layers", got=[n for n in chosen if "#" in n][:5],
-                          fix="select modules that run once per forward pass, or set gradients = false")
+    if options.gradients and any(n != split_call(n)[0] for n in chosen):
+        raise ConfigError("per-call layers (name#k) and views (name=reduction) cannot be combined with gradients",
+                          where="extract.layers", got=[n for n in chosen if n != split_call(n)[0]][:5],
+                          fix="select plain modules that run once per forward pass, or set gradients = false")
+    if head is not None:
+        _refuse_head_layers(chosen, head)
     layers = ([INPUT_LAYER] if pseudo_input else []) + chosen
     if pseudo_input:
         shapes[INPUT_LAYER] = tuple(int(s) for s in input_shape)
@@ -137,8 +155,19 @@ def plan_extraction(model: nn.Module, input_shape: Sequence[int], options: Extra
                                      indices=stored)
     if options.gradients:  # before any work: a max pool has no meaningful reduced gradient
         check_gradient_plan(plans)
-    n_outputs = _output_width(model, input_shape, device)
+    n_outputs = _output_width(model, input_shape, device) if head is None else 0
     return ExtractionPlan(layers, plans, n_outputs, {n: tuple(shapes[n]) for n in layers})
+
+
+def _refuse_head_layers(chosen: Sequence[str], head) -> None:
+    """With ``head = "drop"``, the head and what runs after it hold no loaded weights' values."""
+    tainted = {head.name, *head.after}
+    bad = [n for n in chosen if split_call(n)[0] in tainted]
+    if bad:
+        raise ConfigError(f"{len(bad)} selected layer(s) are the dropped head or come after it",
+                          where="extract.layers", got=bad[:5],
+                          fix=f'leave them out of [extract] layers (the head {head.name!r} is not loaded with '
+                              'head = "drop"), or keep the head')
 
 
 def _input_auto(shape: Sequence[int], limit: int) -> str:
@@ -170,7 +199,8 @@ def _output_width(model: nn.Module, input_shape: Sequence[int], device) -> int:
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError("model output is not a [batch, K] tensor", where="model", got=shape,
-                          fix="use a classification model (torchvision inception_v3: aux_logits=False)")
+                          fix="use a classification model (torchvision inception_v3: aux_logits=False; an hf: "
+                              "model: options.task_head = true), or [model] head = \"drop\" to store no outputs")
     return int(out.shape[1])
 
 
@@ -222,7 +252,8 @@ class BatchExtractor:
             out = self.model(x)
             feats.update(self.taps.pop())
         result = {n: feats[n] for n in self.plan.layers}
-        result[layout.OUTPUTS] = out.float()
+        if self.plan.n_outputs:
+            result[layout.OUTPUTS] = out.float()
         return result
 
 
@@ -278,10 +309,11 @@ def create_blocks(store, run: str, checkpoint: str, plan: ExtractionPlan, *, dty
         metas.append(store.create_block(run, checkpoint, name, n_features=p.n_features, dtype=dtype,
                                         source_shape=list(p.source_shape), reduction=p.to_dict(),
                                         chunk_rows=chunk_rows, compression=compression))
-    metas.append(store.create_block(run, checkpoint, layout.OUTPUTS, n_features=plan.n_outputs,
-                                    dtype=dtype, source_shape=[plan.n_outputs],
-                                    reduction={"kind": "none"}, chunk_rows=chunk_rows,
-                                    compression=compression))
+    if plan.n_outputs:  # none with head = "drop" (SCHEMA.md §9)
+        metas.append(store.create_block(run, checkpoint, layout.OUTPUTS, n_features=plan.n_outputs,
+                                        dtype=dtype, source_shape=[plan.n_outputs],
+                                        reduction={"kind": "none"}, chunk_rows=chunk_rows,
+                                        compression=compression))
     return metas
 
 
@@ -305,7 +337,8 @@ def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch
         ``batch_size``, ``num_workers``, ``amp``, ``dtype``, ``chunk_rows``, ``compression``.
     device : torch.device
     progress : bool
-        tqdm bar with samples/s and ETA.
+        A bar with samples/s and ETA on a terminal, else a timestamped line a minute
+        (:class:`probestore.progress.Progress`).
 
     Returns
     -------
@@ -333,10 +366,11 @@ def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch
         stats.resumed_from = start
         loader = batch_loader(torch_dataset, start, bs, device=device,
                               num_workers=options.num_workers)
-        from tqdm.auto import tqdm
+        from probestore.progress import Log, Progress
 
-        bar = tqdm(total=n, initial=start, unit="sample", unit_scale=True, disable=not progress,
-                   desc=f"{run}/{checkpoint}", dynamic_ncols=True, leave=True)
+        # A bar on a terminal; elsewhere a line a minute (the pipeline writes one per checkpoint).
+        bar = Progress(n, initial=start, unit="sample", log=Log("extract"), desc=f"{run}/{checkpoint}",
+                       enabled=progress, each=False)
         try:
             with BatchExtractor(model, plan, device, options.amp) as extractor:
                 row = start
@@ -412,6 +446,9 @@ def describe_plan(plan: ExtractionPlan) -> list[str]:
         shape = "x".join(map(str, p.source_shape))
         k = f":{p.params['k']}" if "k" in p.params else ""
         lines.append(f"{name:<24} {shape:>14} {p.kind + k:>14} {p.n_features:>8}")
-    lines.append(f"{layout.OUTPUTS:<24} {plan.n_outputs:>14} {'none':>14} {plan.n_outputs:>8}")
+    if plan.n_outputs:
+        lines.append(f"{layout.OUTPUTS:<24} {plan.n_outputs:>14} {'none':>14} {plan.n_outputs:>8}")
+    else:
+        lines.append(f"{layout.OUTPUTS:<24} {'(head dropped: not stored)':>39}")
     return lines
 

@@ -51,6 +51,7 @@ from extract.datasets import ImageDataset
 from probestore.atomic import atomic_write
 from probestore.errors import ConfigError, DataError
 from probestore.experiment.training import TrainConfig
+from probestore.progress import Log
 from storage_schema.names import validate_name
 
 __all__ = ["train_model", "checkpoint_name"]
@@ -58,6 +59,8 @@ __all__ = ["train_model", "checkpoint_name"]
 MANIFEST = "manifest.json"
 #: Config fields that change where/how fast a run goes, not what it computes.
 _NOT_FINGERPRINTED = ("device", "num_workers")
+#: Per-epoch lines: stderr, flushed, timestamped in a log file (probestore.progress).
+_log = Log("train")
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -238,7 +241,7 @@ def train_model(
     fingerprint = _fingerprint(model, dataset, splits, labels, corrupted, config)
     if _existing_run(manifest, fingerprint):
         if progress:
-            print(f"[{run_name}] complete run found at {manifest}; skipping training", flush=True)
+            _log(f"[{run_name}] complete run found at {manifest}; skipping training")
         return manifest
 
     torch.manual_seed(config.seed)
@@ -364,12 +367,17 @@ def _log_entry(pred: np.ndarray, labels: np.ndarray, true: np.ndarray, masks: di
 
 
 def _print_entry(run_name: str, epochs: int, entry: dict[str, Any], seconds: float) -> None:
-    """The progress line of one epoch (``seconds`` unrounded, as measured)."""
+    """The progress line of one epoch (``seconds`` unrounded, as measured).
+
+    Through :class:`probestore.progress.Log`, like every progress line: on stderr, flushed
+    at once, timestamped when stderr is a log file (a batch job's log shows each epoch as
+    it ends and keeps it on SIGKILL).
+    """
     loss = entry["train_loss"]
-    print(f"[{run_name}] epoch {entry['epoch']:4d}/{epochs} step {entry['step']:7d} loss "
+    _log(f"[{run_name}] epoch {entry['epoch']:4d}/{epochs} step {entry['step']:7d} loss "
           f"{'   -  ' if loss is None else f'{loss:.4f}'} clean {_fmt(entry['clean_acc'])}"
           f" corrupted {_fmt(entry['corrupted_acc'])} (true {_fmt(entry['corrupted_true_acc'])})"
-          f" valid {_fmt(entry['valid_acc'])} {seconds:.1f}s", flush=True)
+          f" valid {_fmt(entry['valid_acc'])} {seconds:.1f}s")
 
 
 def _check_output_size(model, tds, train_idx, n_classes, device, autocast) -> None:

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Offline activation store and linear-probe analysis: extract features once "
             "(probestore extract), probe them many times (probestore analyze)."
         ),
+        epilog="The experiment file (train, extract, analyze --config), every table and key: "
+               "docs/configuration.md. Examples: experiments/*.toml. `probestore COMMAND --help` "
+               "for each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"probestore {probestore_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,7 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _line_buffered(stream) -> None:
+    """Flush ``stream`` at every newline even when it is a file or a pipe.
+
+    A batch job's stdout is a log file, where Python buffers whole blocks: lines printed
+    as work finishes would show up minutes later, and be lost on SIGKILL. Progress and
+    messages go to stderr through :mod:`probestore.progress`, which flushes each line;
+    this covers what the commands print on stdout.
+    """
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):  # detached or closed: leave it as it is
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _line_buffered(sys.stdout)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

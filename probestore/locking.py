@@ -174,6 +174,16 @@ def try_file_lock(lock_path: str | os.PathLike[str], *, exclusive: bool = True) 
     return None if fd is None else HeldLock(fd, path)
 
 
+def setup_lock_path(store_path: str | os.PathLike[str]) -> Path:
+    """``<store>.extract-lock`` beside the store: held while a store is created, grown or edited.
+
+    One definition for the extraction (which sets the store up under it) and
+    ``probestore delete`` (which must not remove nodes while it is held).
+    """
+    store_path = Path(store_path)
+    return store_path.with_name(store_path.name + ".extract-lock")
+
+
 def writer_lock_path(store_path: str | os.PathLike[str], run: str, checkpoint: str) -> Path:
     """``<store>.writer-<run>@<checkpoint>.lock`` beside the store (names cannot hold ``@``)."""
     store_path = Path(store_path)

@@ -38,7 +38,8 @@ def expand_path(value: str | os.PathLike[str], *, where: str,
         The config field, for the error message (``"exp.toml [experiment].store"``).
     base : path-like, optional
         Folder a relative path is relative to (default: left relative, i.e. to the
-        current directory).
+        current directory). Experiment files pass their own folder
+        (:func:`probestore.experiment.document.file_base`), like every build tool.
 
     Raises
     ------
@@ -56,5 +57,7 @@ def expand_path(value: str | os.PathLike[str], *, where: str,
         )
     path = Path(os.path.expanduser(os.path.expandvars(raw)))
     if base is not None and not path.is_absolute():
-        path = Path(base) / path
+        # Lexically normalized, so that "experiments/../out/x.zarr" reads "out/x.zarr"
+        # in messages and in the store's records.
+        path = Path(os.path.normpath(Path(base) / path))
     return path

@@ -13,6 +13,13 @@ SAMPLE_ID = "samples/sample_id"
 SAMPLE_LABEL = "samples/label"
 SAMPLE_SPLIT = "samples/split"
 SAMPLE_TYPE = "samples/type"  # schema 1.2, OPTIONAL: recurring input types of the control task
+#: Schema 1.3 (SCHEMA.md §12), OPTIONAL, both or neither: token rows' sequence index and position.
+SAMPLE_SEQUENCE = "samples/sequence"
+SAMPLE_POSITION = "samples/position"
+#: Values of the root ``dataset.unit`` (schema 1.3): what one row is.
+UNITS = ("sequence", "token", "word")
+#: The units whose rows are parts of sequences (they carry ``SAMPLE_SEQUENCE``/``SAMPLE_POSITION``).
+TOKEN_UNITS = ("token", "word")
 TARGETS = "targets"
 RUNS = "runs"
 ARCHITECTURES = "architectures"

@@ -28,6 +28,19 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "dataset": ((dict,), True),
         "config": ((dict, type(None)), False),
         "config_hash": (_OPT_STR, False),
+        # schema 1.3 (SCHEMA.md §4.1): what growing the store added, when
+        "history": ((list,), False),
+    },
+    "history_entry": {
+        "time": ((str,), True),
+        "probestore_version": ((str,), True),
+        # null only in a delete entry of a store that records no config (SCHEMA.md §4.1)
+        "config_hash": (_OPT_STR, True),
+        "previous_config_hash": (_OPT_STR, True),
+        # exactly one of: ``added`` (a growth) or ``deleted`` (a `probestore delete`)
+        "added": ((list,), False),
+        "changed": ((list,), False),
+        "deleted": ((list,), False),
     },
     "dataset": {
         "name": ((str,), True),
@@ -36,6 +49,10 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "class_names": ((list,), True),
         "split_names": ((list,), True),
         "source": ((dict, type(None)), False),
+        # schema 1.3 (SCHEMA.md §12): what one row is, and how the text was tokenized
+        "unit": ((str,), False),
+        "n_sequences": ((int,), False),
+        "tokenization": ((dict,), False),
     },
     "target": {
         "kind": ((str,), True),
@@ -103,6 +120,105 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 
 TARGET_KINDS = ("class", "continuous", "binary")
+#: The schema version that introduced the root ``history`` (a writer adding it to an older store raises the version).
+HISTORY_SCHEMA = "1.3"
+
+
+def history_entry(*, config_hash: str, previous_config_hash: str | None, added: list[str],
+                  changed: list[str] | None = None, probestore_version: str) -> dict[str, Any]:
+    """One entry of the root ``history``: a grown store's new config and what it added (SCHEMA.md §4.1)."""
+    import datetime as _dt
+
+    entry: dict[str, Any] = {
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "probestore_version": probestore_version,
+        "config_hash": config_hash,
+        "previous_config_hash": previous_config_hash,
+        "added": [str(a) for a in added],
+    }
+    if changed:
+        entry["changed"] = [str(c) for c in changed]
+    return entry
+
+
+def delete_entry(*, config_hash: str | None, deleted: list[str], probestore_version: str) -> dict[str, Any]:
+    """A root ``history`` entry of a delete: what it removed; the config (and its hash) stays as it was.
+
+    The store keeps recording the config it was extracted with (a deleted run is
+    re-extracted by ``probestore extract`` with that config), so ``config_hash`` and
+    ``previous_config_hash`` are both the store's unchanged hash (SCHEMA.md §4.1).
+    """
+    import datetime as _dt
+
+    return {
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "probestore_version": probestore_version,
+        "config_hash": config_hash,
+        "previous_config_hash": config_hash,
+        "deleted": [str(d) for d in deleted],
+    }
+
+
+def history_problems(history: Any, config_hash: Any, where: str, *, allow_extra: bool = False) -> list[str]:
+    """Violations of the root ``history`` (SCHEMA.md §4.1): entry fields, chaining, times.
+
+    Each entry's ``previous_config_hash`` is the hash before it (the preceding entry's
+    ``config_hash``), the last entry's ``config_hash`` is the store's, ``added``,
+    ``changed`` and ``deleted`` hold strings, and times are ISO 8601 and do not go
+    backwards. An entry is a growth (``added``) or a delete (``deleted``, whose
+    ``config_hash`` is its ``previous_config_hash``: a delete keeps the config).
+    """
+    import datetime as _dt
+
+    if not isinstance(history, list):
+        return [f"{where}: history should be a list, got {type(history).__name__}"]
+    if not history:
+        return [f"{where}: history is empty, expected at least one entry (omit the attribute instead)"]
+    problems: list[str] = []
+    times = []
+    for i, entry in enumerate(history):
+        at = f"{where}[{i}]"
+        found = check_fields("history_entry", entry, at, allow_extra=allow_extra)
+        problems += found
+        if found:
+            continue
+        problems += _entry_kind_problems(entry, at)
+        for key in ("added", "changed", "deleted"):
+            if not all(isinstance(a, str) for a in entry.get(key, [])):
+                problems.append(f"{at}: {key} should hold strings, got {entry[key]!r:.60}")
+        if i and entry["previous_config_hash"] != history[i - 1].get("config_hash"):
+            problems.append(f"{at}: previous_config_hash {entry['previous_config_hash']!r}, expected the "
+                            f"config_hash of entry {i - 1}, {history[i - 1].get('config_hash')!r}")
+        try:
+            times.append(_dt.datetime.fromisoformat(entry["time"]))
+        except ValueError:
+            problems.append(f"{at}: time {entry['time']!r} is not an ISO 8601 time")
+    if len(times) == len(history) and any(b < a for a, b in zip(times, times[1:])):
+        problems.append(f"{where}: entry times go backwards, expected them in order")
+    last = history[-1]
+    if isinstance(last, dict) and last.get("config_hash") != config_hash:
+        problems.append(f"{where}: the last entry's config_hash {last.get('config_hash')!r} is not the "
+                        f"store's, expected {config_hash!r}")
+    return problems
+
+
+def _entry_kind_problems(entry: dict[str, Any], at: str) -> list[str]:
+    """A growth entry (``added``) changes the config; a delete entry (``deleted``) keeps it."""
+    kinds = [k for k in ("added", "deleted") if k in entry]
+    if not kinds:
+        return [f"{at}: missing attribute 'added' (a growth entry) or 'deleted' (a delete entry)"]
+    if len(kinds) == 2:
+        return [f"{at}: both 'added' and 'deleted', expected one (a growth entry or a delete entry)"]
+    if kinds == ["added"]:
+        if not isinstance(entry["config_hash"], str):
+            return [f"{at}: attribute 'config_hash' should be str in a growth entry, got null"]
+        return []
+    if "changed" in entry:
+        return [f"{at}: a delete entry has no 'changed', got {entry['changed']!r:.60}"]
+    if entry["config_hash"] != entry["previous_config_hash"]:
+        return [f"{at}: a delete entry's config_hash {entry['config_hash']!r}, expected its "
+                f"previous_config_hash {entry['previous_config_hash']!r} (a delete keeps the config)"]
+    return []
 BLOCK_KINDS = ("features", "logits")
 
 
@@ -152,6 +268,12 @@ class DatasetMeta:
     class_names: list[str]
     split_names: list[str]
     source: dict[str, Any] | None = None
+    #: Schema 1.3: ``"sequence"``, ``"token"`` or ``"word"``; ``None`` for one row per input (images).
+    unit: str | None = None
+    #: Schema 1.3: number of sequences the token or word rows come from (``None`` otherwise).
+    n_sequences: int | None = None
+    #: Schema 1.3: tokenizer, ``max_length``, ``truncation``, ``alignment`` of text data.
+    tokenization: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Everything SCHEMA.md requires of a writer or reader is implemented here once, on top
 of the small ``Backend`` interface, so that Zarr and HDF5 stores behave identically:
 
-* creation records the dataset identity (sample ids, labels, splits, fingerprint);
+* creation records the dataset identity (sample ids, labels, splits, fingerprint) and,
+  for token or word rows (schema 1.3), each row's sequence and position, refusing a
+  sequence whose rows lie in two splits;
 * targets, runs, checkpoints and blocks (a layer's features, the model's logits) are
   added by name; names are validated before they become paths;
 * a block or checkpoint counts as present only once it is marked complete, which a
@@ -14,6 +16,7 @@ of the small ``Backend`` interface, so that Zarr and HDF5 stores behave identica
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +49,7 @@ from storage_schema.metadata import (
     require_fields,
 )
 from storage_schema.names import validate_name
+from storage_schema.records import Named
 from storage_schema.version import FORMAT_NAME, SCHEMA_VERSION, check_version
 
 DEFAULT_SPLIT_NAMES = ("train", "valid", "test")
@@ -114,6 +118,9 @@ class ActivationStore:
             class_names=list(ds["class_names"]),
             split_names=list(ds["split_names"]),
             source=ds.get("source"),
+            unit=ds.get("unit"),
+            n_sequences=ds.get("n_sequences"),
+            tokenization=ds.get("tokenization"),
         )
 
     @property
@@ -138,6 +145,10 @@ class ActivationStore:
         source: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         overwrite: bool = False,
+        unit: str | None = None,
+        sequence: Sequence[int] | np.ndarray | None = None,
+        position: Sequence[int] | np.ndarray | None = None,
+        tokenization: dict[str, Any] | None = None,
     ) -> ActivationStore:
         """Create a store for one dataset (its samples, in this order).
 
@@ -151,6 +162,21 @@ class ActivationStore:
         config
             The experiment config that produced the store: kept for provenance and
             hashed so that a later run with a different config can be refused.
+        unit : {"sequence", "token", "word"}, optional
+            What one row is (schema 1.3, SCHEMA.md §12): a whole sequence (a ``cls``,
+            ``mean`` or ``last`` reduction), or one token or labelled word of a
+            sequence. ``None`` (images) records nothing; with ``sequence`` it
+            defaults to ``"token"``.
+        sequence, position : array of int, shape (n,), optional
+            Token and word rows only, both or neither: each row's sequence index
+            (``0..n_sequences-1``, non-decreasing: a sequence's rows are contiguous) and
+            token position (for a word, its first sub-token), increasing within a
+            sequence. The splits must be drawn by sequence: rows of one sequence in
+            two splits are refused, since a probe would then be tested on the
+            sentences it was trained on.
+        tokenization : dict, optional
+            How text became rows (``tokenizer``, ``max_length``, ``truncation``,
+            ``alignment``...), recorded as ``dataset.tokenization``.
         """
         path = Path(path)
         backend_cls = backend_for(path)
@@ -159,6 +185,8 @@ class ActivationStore:
         splits = np.asarray(splits)
         n = len(sample_ids)
         _check_dataset_arrays(sample_ids, labels, splits, class_names, split_names)
+        token_rows = _check_token_rows(unit, sequence, position, splits, tokenization, split_names)
+        unit = unit if unit is not None or token_rows is None else "token"
         if backend_cls.exists(path) and not overwrite:
             raise ConfigError(
                 "a store already exists here",
@@ -180,6 +208,24 @@ class ActivationStore:
         backend.write(layout.SAMPLE_LABEL, labels.astype("int64"))
         backend.create_array(layout.SAMPLE_SPLIT, shape=(n,), dtype=np.dtype("int8"), chunks=(max(1, n),))
         backend.write(layout.SAMPLE_SPLIT, splits.astype("int8"))
+        dataset: dict[str, Any] = {
+            "name": str(dataset_name),
+            "n_samples": int(n),
+            "fingerprint": dataset_fingerprint(sample_ids, labels),
+            "class_names": [str(c) for c in class_names],
+            "split_names": [str(s) for s in split_names],
+            "source": source,
+        }
+        if unit is not None:
+            dataset["unit"] = unit
+        if tokenization is not None:
+            dataset["tokenization"] = json.loads(json.dumps(tokenization, default=str))
+        if token_rows is not None:
+            seq, pos = token_rows
+            for node, values, dtype in ((layout.SAMPLE_SEQUENCE, seq, "int64"), (layout.SAMPLE_POSITION, pos, "int32")):
+                backend.create_array(node, shape=(n,), dtype=np.dtype(dtype), chunks=(max(1, n),))
+                backend.write(node, values.astype(dtype))
+            dataset["n_sequences"] = int(seq[-1]) + 1
         backend.update_attrs(
             "",
             {
@@ -187,14 +233,7 @@ class ActivationStore:
                 "schema_version": SCHEMA_VERSION,
                 "probestore_version": probestore_version(),
                 "created": _now(),
-                "dataset": {
-                    "name": str(dataset_name),
-                    "n_samples": int(n),
-                    "fingerprint": dataset_fingerprint(sample_ids, labels),
-                    "class_names": [str(c) for c in class_names],
-                    "split_names": [str(s) for s in split_names],
-                    "source": source,
-                },
+                "dataset": dataset,
                 "config": config,
                 "config_hash": config_hash(config),
             },
@@ -276,6 +315,58 @@ class ActivationStore:
 
     def sample_ids(self) -> np.ndarray:
         return self._read_sample_array(layout.SAMPLE_ID)
+
+    # ------------------------------------------------------------------ token rows (schema 1.3)
+    @property
+    def unit(self) -> str | None:
+        """What one row is: ``"sequence"``, ``"token"``, ``"word"``, or ``None`` (one input, e.g. an image)."""
+        return self.dataset.unit
+
+    @property
+    def n_sequences(self) -> int | None:
+        """Number of sequences token or word rows come from (``None`` for other stores)."""
+        return self.dataset.n_sequences
+
+    def has_sequences(self) -> bool:
+        """Whether rows are parts of sequences (``samples/sequence`` and ``samples/position``, SCHEMA.md §12)."""
+        return self._backend.node_kind(layout.SAMPLE_SEQUENCE) == "array"
+
+    def sequence(self) -> np.ndarray:
+        """Each row's sequence index (int64, ``0..n_sequences-1``, non-decreasing).
+
+        Rows sharing an index come from one sequence and always share a split: anything
+        that partitions rows (cross-validation, MDL blocks, new splits) must partition
+        *sequences*, or a probe is tested on the sentences it was trained on.
+
+        Raises
+        ------
+        NotFoundError
+            The rows are not tokens or words (images, or one row per sequence).
+        """
+        return self._token_array(layout.SAMPLE_SEQUENCE).astype("int64")
+
+    def position(self) -> np.ndarray:
+        """Each row's token position in its sequence (int32; a word's first sub-token)."""
+        return self._token_array(layout.SAMPLE_POSITION).astype("int32")
+
+    def row_groups(self) -> np.ndarray:
+        """The unit splits and folds must respect: the sequence of token rows, else the row itself.
+
+        Analyses that partition rows call this instead of ``np.arange(n_samples)``, so
+        token stores are partitioned by sequence and every other store by sample.
+        """
+        return self.sequence() if self.has_sequences() else np.arange(self.n_samples, dtype=np.int64)
+
+    def _token_array(self, node: str) -> np.ndarray:
+        if self._backend.node_kind(node) != "array":
+            raise NotFoundError(
+                f"the store has no {node} (its rows are {self.unit or 'inputs'}, not tokens or words)",
+                where=str(self.path),
+                expected="a store of token or word rows (schema 1.3, SCHEMA.md §12)",
+                fix="extract with a token reduction (tokens, random_tokens:K) or word labels; "
+                    "`probestore inspect STORE` shows the unit",
+            )
+        return self._read_sample_array(node)
 
     def labels(self) -> np.ndarray:
         return self._read_sample_array(layout.SAMPLE_LABEL).astype("int64")
@@ -359,10 +450,10 @@ class ActivationStore:
         # Attributes last: an array without ``n_types`` is a write in progress, not types.
         attrs = {"n_types": int(np.unique(types).size), "method": json.loads(json.dumps(method or {}, default=str))}
         self._backend.update_attrs(layout.SAMPLE_TYPE, attrs)
-        if self.schema_version < (1, 2):  # an older store gains a 1.2 node: say so (§2)
-            self._backend.update_attrs("", {"schema_version": SCHEMA_VERSION})
-            self._root_attrs["schema_version"] = SCHEMA_VERSION
-            self.schema_version = check_version(SCHEMA_VERSION, str(self.path))
+        if self.schema_version < (1, 2):  # an older store gains a 1.2 node: say so (§2), and no more
+            self._backend.update_attrs("", {"schema_version": "1.2"})
+            self._root_attrs["schema_version"] = "1.2"
+            self.schema_version = check_version("1.2", str(self.path))
 
     def has_sample_types(self) -> bool:
         """Whether the store holds complete sample types (schema 1.2, OPTIONAL)."""
@@ -520,11 +611,22 @@ class ActivationStore:
         self._backend.write(f"{node}/corrupted", corrupted.astype(bool))
         # The run's metadata goes last: a run without it is not listed.
         self._backend.update_attrs(node, json.loads(json.dumps(attrs)))
+        if self.schema_version < (1, 3) and {"head", "class_names", "class_map"} & set(model):
+            # a model head of other classes (SCHEMA.md §4.3) is a 1.3 item: say so (§2)
+            self._backend.update_attrs("", {"schema_version": "1.3"})
+            self._root_attrs["schema_version"] = "1.3"
+            self.schema_version = check_version("1.3", str(self.path))
 
-    def runs(self) -> list[str]:
-        """Names of runs whose metadata is written."""
+    def runs(self) -> list[Named[RunMeta]]:
+        """Runs whose metadata is written, as names carrying their :class:`RunMeta`.
+
+        Like :meth:`checkpoints` and :meth:`layers`, each item is a ``str`` (the name;
+        pass it back anywhere a name is taken) with the record's attributes
+        (``.architecture``, ``.corruption_fraction``...), read on first use.
+        """
         names = self._backend.list_children(layout.RUNS)[0]
-        return [n for n in names if "architecture" in self._backend.get_attrs(f"{layout.RUNS}/{n}")]
+        return [Named(n, load=functools.partial(self.run_info, n)) for n in names
+                if "architecture" in self._backend.get_attrs(f"{layout.RUNS}/{n}")]
 
     def run_info(self, name: str) -> RunMeta:
         node = layout.run_node(name)
@@ -588,8 +690,11 @@ class ActivationStore:
             {"epoch": epoch, "step": step, "source": source, "sha256": sha256, "complete": False, "completed_at": None},
         )
 
-    def checkpoints(self, run: str, *, include_incomplete: bool = False) -> list[CheckpointMeta]:
-        """Checkpoints of a run, by epoch then name; only complete ones unless asked."""
+    def checkpoints(self, run: str, *, include_incomplete: bool = False) -> list[Named[CheckpointMeta]]:
+        """Checkpoints of a run, by epoch then name; only complete ones unless asked.
+
+        Each is its name (a ``str``) carrying the :class:`CheckpointMeta` (``.epoch``, ``.complete``...).
+        """
         self.run_info(run)
         base = f"{layout.run_node(run)}/checkpoints"
         out = []
@@ -597,7 +702,8 @@ class ActivationStore:
             meta = self.checkpoint_info(run, name)
             if meta is not None and (meta.complete or include_incomplete):
                 out.append(meta)
-        return sorted(out, key=lambda c: (c.epoch if c.epoch is not None else -1, c.name))
+        out.sort(key=lambda c: (c.epoch if c.epoch is not None else -1, c.name))
+        return [Named(c.name, c) for c in out]
 
     def checkpoint_info(self, run: str, name: str) -> CheckpointMeta | None:
         """Metadata of one checkpoint, or ``None`` while it has not been registered yet."""
@@ -625,8 +731,112 @@ class ActivationStore:
         _sync_tree(self.path)
         self._backend.update_attrs(layout.checkpoint_node(run, name), {"complete": True, "completed_at": _now()})
 
-    def delete_checkpoint(self, run: str, name: str) -> None:
-        self._backend.delete(layout.checkpoint_node(run, name))
+    def append_history(self, entry: dict[str, Any]) -> None:
+        """Append one entry to the root ``history`` (SCHEMA.md §4.1), raising an older store to 1.3.
+
+        Used by deletes (:mod:`storage_schema.edit`); a growth writes its entry with its new config.
+        """
+        if self.read_only:
+            raise ConfigError("the store is open read-only", where=str(self.path),
+                              fix="open it with mode 'a' to record history")
+        history = [*(self._root_attrs.get("history") or []), json.loads(json.dumps(entry))]
+        attrs: dict[str, Any] = {"history": history}
+        if self.schema_version < (1, 3):  # the history is a 1.3 item (§2)
+            attrs["schema_version"] = "1.3"
+        self._backend.update_attrs("", attrs)
+        self._root_attrs.update(attrs)
+        if "schema_version" in attrs:
+            self.schema_version = check_version("1.3", str(self.path))
+
+    # ------------------------------------------------------------------ deleting
+    # Each step removes one node at once (a Zarr directory is renamed out of the tree
+    # before it is emptied; HDF5 unlinks a group in one call), in an order where every
+    # intermediate state is a valid store: a killed delete leaves what was named either
+    # present or gone, never half of it. ``probestore delete`` adds locking and listing.
+
+    def delete_run(self, run: str) -> list[str]:
+        """Remove a run and all its checkpoints; return the nodes removed.
+
+        The shared reduction indices of its architecture (§4.6) go too when no other run
+        of that architecture is left (they are kept otherwise: the other runs use them).
+        """
+        architecture = self.run_info(run).architecture
+        removed = [self._remove_node(layout.run_node(run))]
+        others = [r for r in self.runs() if self.run_info(r).architecture == architecture]
+        arch_node = f"{layout.ARCHITECTURES}/{validate_name(architecture, 'architecture')}"
+        if not others and self._backend.node_kind(arch_node) == "group":
+            removed.append(self._remove_node(arch_node))
+        return removed
+
+    def delete_checkpoint(self, run: str, name: str) -> list[str]:
+        """Remove a checkpoint and all its blocks; return the nodes removed (none if absent).
+
+        A checkpoint that is only half registered (a killed writer) is removed too;
+        ``probestore extract CONFIG`` re-extracts a removed checkpoint its config lists.
+        """
+        node = layout.checkpoint_node(run, name)
+        if self._backend.node_kind(node) is None:
+            self.run_info(run)  # an unknown run is an error; a missing checkpoint is not
+            return []
+        return [self._remove_node(node)]
+
+    def delete_layer(self, run: str, checkpoint: str, layer: str) -> list[str]:
+        """Remove one layer's block from a checkpoint; return the nodes removed.
+
+        Removed with it: the external concept-set features of that layer (§10); the
+        layer's name leaves the checkpoint's ``layer_order``. The checkpoint keeps its
+        completion flag: its other blocks are untouched. The model outputs are refused
+        (a complete checkpoint must hold them): delete the checkpoint instead.
+        """
+        if layer == layout.OUTPUTS:
+            raise ConfigError(
+                "the outputs block (the model's logits) cannot be deleted on its own",
+                where=f"{self.path} {run}/{checkpoint}/{layer}",
+                expected="a layer name", got=repr(layer),
+                fix=f"delete the whole checkpoint ({run}/{checkpoint}), or keep the outputs",
+            )
+        self.block_info(run, checkpoint, layer)  # NotFoundError naming the known blocks
+        from storage_schema.concept_sets import CONCEPT_SETS, concept_set_block_node
+
+        ckpt_node = layout.checkpoint_node(run, checkpoint)
+        removed = []
+        # Concept-set features first: one whose layer is gone would be a violation (§10).
+        if self._backend.node_kind(f"{ckpt_node}/{CONCEPT_SETS}") == "group":
+            for set_name in self._backend.list_children(f"{ckpt_node}/{CONCEPT_SETS}")[0]:
+                set_block = concept_set_block_node(run, checkpoint, set_name, layer)
+                if self._backend.node_kind(set_block) is not None:
+                    removed.append(self._remove_node(set_block))
+        removed.append(self._remove_node(layout.block_node(run, checkpoint, layer)))
+        order = self._backend.get_attrs(ckpt_node).get("layer_order")
+        if isinstance(order, list) and layer in order:
+            self.set_layer_order(run, checkpoint, [name for name in order if name != layer])
+        return removed
+
+    def _remove_node(self, node: str) -> str:
+        """Remove one group or array in a single step; return ``node``."""
+        if self.read_only:
+            raise ConfigError("the store is open read-only", where=str(self.path),
+                              fix="open it with open_store(path, 'a') to delete from it")
+        folder = self.path / node
+        if self._backend.format_name == "zarr" and folder.is_dir():
+            import secrets
+            import shutil
+
+            # Rename the whole directory away first (one atomic rename: the node is there
+            # or gone), then empty it at leisure. Beside the store, so no reader meets it;
+            # inside its parent as a hidden name (which listings skip) where the store is
+            # a mount point and a rename cannot leave it.
+            trash = self.path.with_name(f".{self.path.name}.deleting-{secrets.token_hex(6)}")
+            try:
+                os.replace(folder, trash)
+            except OSError:
+                trash = folder.with_name(f".deleting-{folder.name}.{secrets.token_hex(6)}")
+                os.replace(folder, trash)
+            self._backend.delete(node)  # drops the backend's cached handles below it
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            self._backend.delete(node)
+        return node
 
     # ------------------------------------------------------------------ blocks
     def create_block(
@@ -741,8 +951,11 @@ class ActivationStore:
             layout.block_node(run, checkpoint, block), {"rows_done": self.n_samples, "complete": True}
         )
 
-    def blocks(self, run: str, checkpoint: str, *, include_incomplete: bool = False) -> list[BlockMeta]:
-        """Layers of a checkpoint (in extraction order) followed by the outputs block."""
+    def blocks(self, run: str, checkpoint: str, *, include_incomplete: bool = False) -> list[Named[BlockMeta]]:
+        """Layers of a checkpoint (in extraction order) followed by the outputs block.
+
+        Each is its name (a ``str``) carrying the :class:`BlockMeta` (``.n_features``, ``.complete``...).
+        """
         base = layout.checkpoint_node(run, checkpoint)
         names = []
         if self._backend.node_kind(f"{base}/layers") == "group":
@@ -757,10 +970,10 @@ class ActivationStore:
         for name in names:
             info = self.block_info(run, checkpoint, name, missing_ok=True)
             if info is not None and (info.complete or include_incomplete):
-                out.append(info)
+                out.append(Named(name, info))
         return out
 
-    def layers(self, run: str, checkpoint: str, *, include_incomplete: bool = False) -> list[BlockMeta]:
+    def layers(self, run: str, checkpoint: str, *, include_incomplete: bool = False) -> list[Named[BlockMeta]]:
         """Feature blocks of a checkpoint (without the outputs block)."""
         return [b for b in self.blocks(run, checkpoint, include_incomplete=include_incomplete) if b.kind == "features"]
 
@@ -954,6 +1167,83 @@ def _check_dataset_arrays(sample_ids, labels, splits, class_names, split_names) 
         raise DataError("split codes out of range", where="create_store", expected=f"0..{len(split_names) - 1}")
     for name in split_names:
         validate_name(name, "split")
+
+
+def _check_token_rows(unit, sequence, position, splits: np.ndarray, tokenization,
+                      split_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sequence and position of token rows (SCHEMA.md §12), checked before anything is written.
+
+    Refuses one array without the other, a unit that contradicts them, ids that are not
+    ``0..n_sequences-1`` with each sequence's rows together, negative or unordered
+    positions, and (the leak) a sequence whose rows lie in more than one split.
+    """
+    where = "create_store"
+    if unit is not None and unit not in layout.UNITS:
+        raise ConfigError("unknown row unit", where=f"{where}(unit=...)", expected=layout.UNITS, got=repr(unit),
+                          fix=did_you_mean(str(unit), layout.UNITS) or None)
+    if tokenization is not None and not isinstance(tokenization, dict):
+        raise DataError("tokenization must be a mapping", where=f"{where}(tokenization=...)",
+                        got=type(tokenization).__name__)
+    if (sequence is None) != (position is None):
+        given, missing = ("sequence", "position") if position is None else ("position", "sequence")
+        raise DataError(f"token rows need both {given} and {missing}", where=where,
+                        expected="sequence= and position= together (or neither)", got=f"only {given}=")
+    if sequence is None:
+        if unit in layout.TOKEN_UNITS:
+            raise DataError(f"{unit} rows need their sequence and position", where=where,
+                            expected="sequence= and position= arrays, one value per row", got="neither")
+        return None
+    if unit is not None and unit not in layout.TOKEN_UNITS:
+        raise DataError(f"rows of unit {unit!r} have no sequence and position", where=where,
+                        expected=f"unit one of {layout.TOKEN_UNITS} with sequence=/position=", got=repr(unit))
+    seq, pos = np.asarray(sequence), np.asarray(position)
+    n = len(splits)
+    for name, arr in (("sequence", seq), ("position", pos)):
+        if arr.shape != (n,) or arr.dtype.kind not in "iu":
+            raise DataError(f"{name} must be one integer per row", where=f"{where}({name}=...)",
+                            expected=f"integer array of shape ({n},)", got=f"{arr.dtype} array of shape {arr.shape}")
+    problem = token_row_problem(seq.astype(np.int64), pos.astype(np.int64), splits, split_names)
+    if problem is not None:
+        raise DataError(f"invalid token rows: {problem}", where=where,
+                        fix="number sequences 0..n_sequences-1 in row order, keep each sequence's rows together "
+                            "in increasing position, and draw splits by sequence (extract.splits)")
+    return seq, pos
+
+
+def token_row_problem(seq: np.ndarray, pos: np.ndarray, splits: np.ndarray,
+                      split_names: Sequence[str] = DEFAULT_SPLIT_NAMES) -> str | None:
+    """The first way token rows break SCHEMA.md §12, as ``<node>: <what>, expected ..., got ...``.
+
+    ``None`` when they follow it. Shared by the writer (which refuses) and
+    ``probestore validate`` (which lists), so both read the rule the same way.
+    """
+    if seq.size == 0:
+        return None
+    steps = np.diff(seq)
+    if seq[0] != 0 or (steps < 0).any() or (steps > 1).any():
+        bad = np.flatnonzero((steps < 0) | (steps > 1))
+        got = (f"first id {int(seq[0])}" if seq[0] != 0
+               else f"{int(seq[bad[0]])} then {int(seq[bad[0] + 1])} at rows {int(bad[0])}, {int(bad[0]) + 1}")
+        return (f"{layout.SAMPLE_SEQUENCE}: ids are not 0..n_sequences-1 with each sequence's rows together, "
+                f"expected 0 first and steps of 0 or 1 from row to row, got {got}")
+    if pos.min() < 0:
+        return f"{layout.SAMPLE_POSITION}: negative position, expected >= 0, got {int(pos.min())} at row {int(np.argmin(pos))}"
+    same = steps == 0
+    bad = np.flatnonzero(same & (pos[1:] <= pos[:-1]))
+    if bad.size:
+        i = int(bad[0]) + 1
+        return (f"{layout.SAMPLE_POSITION}: positions do not increase within sequence {int(seq[i])}, expected "
+                f"increasing positions, got {int(pos[i - 1])} then {int(pos[i])} at rows {i - 1}, {i}")
+    leaked = np.flatnonzero(same & (splits[1:] != splits[:-1]))
+    if leaked.size:
+        first = int(seq[int(leaked[0]) + 1])
+        rows = np.flatnonzero(seq == first)
+        names = [split_names[c] if 0 <= c < len(split_names) else str(c) for c in np.unique(splits[rows]).tolist()]
+        count = int(np.unique(seq[leaked + 1]).size)
+        return (f"{layout.SAMPLE_SPLIT}: sequence {first} has rows in {len(names)} splits (leakage), expected every "
+                f"row of a sequence in one split (splits drawn by sequence), got {' and '.join(names)}; "
+                f"{count} sequence(s) leak")
+    return None
 
 
 def _remove(path: Path) -> None:

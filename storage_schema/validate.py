@@ -12,6 +12,10 @@ samples' ids) and the external sets' feature blocks of each checkpoint. A set gr
 without ``kind`` is a set being written, not a set, and is skipped like readers skip it;
 gradients and external set blocks carry their own completion flags, so an unfinished
 one in a complete checkpoint is not a violation (§10) but a "complete" one must be.
+Token rows (schema 1.3, §12) are checked when present: ``samples/sequence`` and
+``samples/position`` together, the ``dataset.unit`` that says what a row is, sequence
+ids ``0..n_sequences-1`` with each sequence's rows together, positions >= 0 and
+increasing within a sequence, and no sequence with rows in two splits (leakage).
 Every message reads ``<node>: <what>, expected <...>, got <...>``.
 
 Damage does not stop the walk: a node whose metadata cannot be read (a corrupt
@@ -39,7 +43,7 @@ from probestore.errors import ProbestoreError
 from storage_schema import layout
 from storage_schema.concept_sets import CONCEPT_SETS, SET_KINDS
 from storage_schema.fingerprint import dataset_fingerprint
-from storage_schema.metadata import BLOCK_KINDS, TARGET_KINDS, check_fields
+from storage_schema.metadata import BLOCK_KINDS, TARGET_KINDS, check_fields, history_problems
 from storage_schema.names import is_valid_name
 from storage_schema.reductions import LINEAR_REDUCTIONS, lift_scale_for
 from storage_schema.version import SCHEMA_VERSION, parse_version
@@ -49,6 +53,8 @@ SET_ROLES = ("concept", "random")
 NODES_1_1 = (1, 1)
 #: The first version with ``samples/type`` (SCHEMA.md §11).
 NODES_1_2 = (1, 2)
+#: The first version with token rows (``samples/sequence``, ``samples/position``, ``dataset.unit``; §12).
+NODES_1_3 = (1, 3)
 
 
 def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[str]:
@@ -68,6 +74,8 @@ def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[
     allow_extra = store.schema_version > parse_version(SCHEMA_VERSION, "")
     _check_samples(store, problems)
     problems.extend(_sample_type_problems(store))
+    problems.extend(_token_row_problems(store))
+    problems.extend(_history_problems(store, allow_extra))
     _check_targets(store, allow_extra, problems)
     _check_architectures(store, allow_extra, problems)
     sets: dict[str, dict[str, Any]] = {}
@@ -83,6 +91,18 @@ def validate_store(path: str | Path, warnings: list[str] | None = None) -> list[
         with _collect(problems):
             warnings.extend(split_warnings(store))
     return list(dict.fromkeys(problems))  # a damaged node met twice is listed once
+
+
+def _history_problems(store, allow_extra: bool) -> list[str]:
+    """The root ``history`` of a grown store (SCHEMA.md §4.1, schema 1.3), when present."""
+    attrs = store.root_attrs
+    if "history" not in attrs:
+        return []
+    problems = history_problems(attrs["history"], attrs.get("config_hash"), "/ history", allow_extra=allow_extra)
+    if store.schema_version < NODES_1_3:
+        problems.append(f"/: schema_version '{'.'.join(map(str, store.schema_version))}' with a history, "
+                        f"expected '{'.'.join(map(str, NODES_1_3))}' (SCHEMA.md §2), got history")
+    return problems
 
 
 def _valid_children(backend, node: str, kind: str, problems: list[str]) -> list[str]:
@@ -168,8 +188,10 @@ def _check_runs(store, allow_extra: bool, sets: dict[str, dict[str, Any]], seen_
                 continue
             for ckpt in _valid_children(backend, f"{node}/checkpoints", "checkpoint", problems):
                 with _collect(problems):
-                    problems.extend(_validate_checkpoint(store, run, ckpt, allow_extra, sets, seen_1_1))
+                    problems.extend(_validate_checkpoint(store, run, ckpt, allow_extra, sets, seen_1_1,
+                                                         outputs=_outputs_rule(store, attrs)))
                     problems.extend(_logits_width_problems(store, node, ckpt, attrs))
+            problems.extend(_model_head_problems(store, node, attrs))
 
 
 def _sample_type_problems(store) -> list[str]:
@@ -200,8 +222,66 @@ def _sample_type_problems(store) -> list[str]:
     return problems
 
 
+def _token_row_problems(store) -> list[str]:
+    """Token rows (schema 1.3, SCHEMA.md §12): both arrays or neither, the unit that says
+    so, ids ``0..n_sequences-1`` with each sequence's rows together, positions >= 0 and
+    increasing, and no sequence in two splits (the leak that makes probes look better)."""
+    from storage_schema.store import token_row_problem
+
+    backend, n, ds = store.backend, store.n_samples, store.dataset
+    kinds = {node: backend.node_kind(node) for node in (layout.SAMPLE_SEQUENCE, layout.SAMPLE_POSITION)}
+    present = [node for node, kind in kinds.items() if kind is not None]
+    problems: list[str] = []
+    if ds.unit is not None and ds.unit not in layout.UNITS:
+        problems.append(f"/: dataset.unit, expected one of {layout.UNITS}, got {ds.unit!r}")
+    if not present:
+        if ds.unit in layout.TOKEN_UNITS:
+            problems.append(f"{layout.SAMPLES}: {ds.unit} rows without {layout.SAMPLE_SEQUENCE} and "
+                            f"{layout.SAMPLE_POSITION}, expected both arrays (dataset.unit {ds.unit!r}), got neither")
+        if ds.n_sequences is not None:
+            problems.append(f"/: dataset.n_sequences without token rows, expected it only beside "
+                            f"{layout.SAMPLE_SEQUENCE}, got {ds.n_sequences}")
+        return problems
+    version = ".".join(map(str, store.schema_version))
+    if store.schema_version < NODES_1_3:
+        problems.append(f"/: schema_version '{version}' with {present[0]}, expected '1.3' (SCHEMA.md §2), "
+                        f"got an older version")
+    if len(present) == 1:
+        missing = next(node for node in kinds if node not in present)
+        return [*problems, f"{missing}: missing, expected {layout.SAMPLE_SEQUENCE} and {layout.SAMPLE_POSITION} "
+                           f"together (SCHEMA.md §12), got only {present[0]}"]
+    if ds.unit not in layout.TOKEN_UNITS:
+        problems.append(f"/: dataset.unit, expected one of {layout.TOKEN_UNITS} for rows with "
+                        f"{layout.SAMPLE_SEQUENCE}, got {ds.unit!r}")
+    arrays = {}
+    for node, dtype in ((layout.SAMPLE_SEQUENCE, "int64"), (layout.SAMPLE_POSITION, "int32")):
+        if kinds[node] != "array":
+            problems.append(f"{node}: expected an array, got a {kinds[node]}")
+            continue
+        shape, got, _ = backend.array_meta(node)
+        if shape != (n,) or np.dtype(got).kind not in "iu":
+            problems.append(f"{node}: expected an {dtype} array of shape ({n},), got {got} {shape}")
+            continue
+        arrays[node] = backend.read(node).astype(np.int64)
+    if len(arrays) < 2:
+        return problems
+    seq, pos = arrays[layout.SAMPLE_SEQUENCE], arrays[layout.SAMPLE_POSITION]
+    expected = int(seq.max()) + 1 if n else 0
+    if ds.n_sequences != expected:
+        problems.append(f"/: dataset.n_sequences, expected {expected} (1 + the largest sequence id), "
+                        f"got {ds.n_sequences!r}")
+    try:
+        splits = store.splits()
+    except ProbestoreError as exc:
+        return [*problems, str(exc)]
+    problem = token_row_problem(seq, pos, splits.astype(np.int64), store.dataset.split_names)
+    return problems + ([problem] if problem else [])
+
+
 def _validate_checkpoint(store, run: str, ckpt: str, allow_extra: bool,
-                         sets: dict[str, dict[str, Any]], seen_1_1: list[str]) -> list[str]:
+                         sets: dict[str, dict[str, Any]], seen_1_1: list[str], *, outputs: bool | None = True) -> list[str]:
+    """One checkpoint's attributes and blocks; ``outputs``: whether it must have an outputs (None: may)
+    block (not when its run's ``model.head`` is ``"drop"``, which must have none; §9)."""
     backend = store.backend
     n = store.n_samples
     node = layout.checkpoint_node(run, ckpt)
@@ -214,10 +294,14 @@ def _validate_checkpoint(store, run: str, ckpt: str, allow_extra: bool,
         blocks += [(name, f"{node}/layers/{name}", layout.FEATURES_ARRAY) for name in groups]
     if backend.node_kind(f"{node}/{layout.OUTPUTS}") == "group":
         blocks.append((layout.OUTPUTS, f"{node}/{layout.OUTPUTS}", layout.LOGITS_ARRAY))
-    elif complete:
+        if outputs is False:
+            problems.append(f"{node}: outputs block in a run whose model.head is 'drop', expected none "
+                            "(SCHEMA.md §9), got one")
+    elif complete and outputs:
         problems.append(f"{node}: complete checkpoint without an outputs block (logits)")
     if complete and not blocks:
         problems.append(f"{node}: complete checkpoint without blocks")
+    order = attrs.get("layer_order")
     for name, group, array_name in blocks:
         with _collect(problems):
             if not is_valid_name(name):
@@ -239,7 +323,10 @@ def _validate_checkpoint(store, run: str, ckpt: str, allow_extra: bool,
             if dtype.kind != "f":
                 problems.append(f"{array}: dtype {dtype}, expected float32 or float16")
             block_complete = battrs.get("complete") is True
-            if complete and not block_complete:
+            # A complete checkpoint claims the outputs and the layers of its layer_order;
+            # a layer outside it is being added to a grown store (SCHEMA.md §5).
+            if complete and not block_complete and (name == layout.OUTPUTS or not isinstance(order, list)
+                                                    or name in order):
                 problems.append(f"{group}: checkpoint is marked complete but this block is not")
             if block_complete:
                 present, total = backend.initialized_chunks(array)
@@ -626,6 +713,64 @@ def _logits_width_problems(store, run_node: str, ckpt: str, run_attrs: dict[str,
         return []  # a mistyped n_features is reported by the block's field check
     return [f"{group}: logits width differs from the number of classes, expected {expected} ({source}), "
             f"got n_features {width}"]
+
+
+def _outputs_rule(store, run_attrs: dict[str, Any]) -> bool | None:
+    """False: no outputs block allowed (head dropped); True: one required; None: optional.
+
+    Text stores (root ``dataset.unit``, schema 1.3) hold logits only when the model gives
+    them per row: a bare encoder (hidden states, no logits) or a sequence classifier
+    probed on token rows has none.
+    """
+    if _head_dropped(run_attrs):
+        return False
+    return None if getattr(store, "unit", None) is not None else True
+
+
+def _head_dropped(run_attrs: dict[str, Any]) -> bool:
+    model = run_attrs.get("model")
+    return isinstance(model, dict) and model.get("head") == "drop"
+
+
+def _model_head_problems(store, run_node: str, run_attrs: dict[str, Any]) -> list[str]:
+    """The run's ``model.head``, ``model.class_names`` and ``model.class_map`` (schema 1.3,
+    SCHEMA.md §4.3): known head mode, one name per output, dataset classes mapped to
+    distinct outputs of the head."""
+    model = run_attrs.get("model")
+    if not isinstance(model, dict):
+        return []
+    new = [k for k in ("head", "class_names", "class_map") if k in model]
+    if not new:
+        return []
+    where = f"{run_node}: model"
+    problems = []
+    if store.schema_version < NODES_1_3:
+        problems.append(f"/: schema_version '{'.'.join(map(str, store.schema_version))}' with {run_node} "
+                        f"model.{new[0]}, expected '1.3' (SCHEMA.md §2), got an older version")
+    recorded = model.get("num_classes")
+    width = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1 else None
+    if "head" in model and model["head"] not in ("keep", "drop"):
+        problems.append(f"{where}.head, expected 'keep' or 'drop', got {model['head']!r}")
+    names = model.get("class_names")
+    if "class_names" in model and (not isinstance(names, list) or not all(isinstance(c, str) for c in names)
+                                   or len(names) != width or len(set(names)) != len(names)):
+        problems.append(f"{where}.class_names, expected {width} unique strings (model.num_classes), "
+                        f"got {type(names).__name__} {str(names)[:60]}")
+    cmap = model.get("class_map")
+    if "class_map" in model:
+        classes = list(store.dataset.class_names)
+        if not isinstance(cmap, dict) or not cmap:
+            problems.append(f"{where}.class_map, expected an object of dataset class -> model class index, "
+                            f"got {cmap!r:.60}")
+        else:
+            limit = width if width is not None else 0  # no valid width: every index is out of range
+            bad = [k for k, v in cmap.items() if k not in classes or not _is_int(v) or not 0 <= v < limit]
+            if bad or len(set(cmap.values())) != len(cmap):
+                problems.append(f"{where}.class_map, expected dataset classes mapped to distinct indices in "
+                                f"[0, {width}), got {str(cmap)[:80]}")
+        if model.get("head") == "drop":
+            problems.append(f"{where}.class_map, expected none with head 'drop', got one")
+    return problems
 
 
 def split_warnings(store) -> list[str]:

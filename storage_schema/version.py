@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from probestore.errors import SchemaVersionError, StoreFormatError
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 SUPPORTED_MAJOR_VERSIONS = (1,)
 FORMAT_NAME = "probestore"
 

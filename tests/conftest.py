@@ -64,3 +64,11 @@ BACKEND_SUFFIXES = [".zarr", ".h5"]
 def suffix(request) -> str:
     """The store file suffix of one backend: a test taking ``suffix`` runs once per backend."""
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_calibration_cache(tmp_path_factory):
+    """``analyze --dry-run`` calibrates and caches per machine: tests keep it out of the user's home."""
+    if "PROBESTORE_CACHE_DIR" not in os.environ:
+        os.environ["PROBESTORE_CACHE_DIR"] = str(tmp_path_factory.mktemp("probestore-cache"))
+    yield

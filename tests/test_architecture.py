@@ -8,7 +8,7 @@ never a layer above (so no cycle can form between packages):
     2  probestore.experiment                      the experiment-file parser
     1  storage_schema                             the on-disk contract
     0  probestore (errors, fields, paths,         the neutral base: imports nothing
-       atomic, locking, selectors)                of the project but itself
+       atomic, locking, selectors, progress)      of the project but itself
 
 Besides the layers: only the CLI imports the stages' ``commands`` modules (they
 register subcommands; nothing else should depend on them), and the packages a CPU-only
@@ -32,7 +32,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("probestore", "storage_schema", "extract", "analyze")
 BASE = ("probestore", "probestore.errors", "probestore.fields", "probestore.paths", "probestore.atomic",
-        "probestore.locking", "probestore.selectors")
+        "probestore.locking", "probestore.selectors", "probestore.progress")
 CLI = ("probestore.cli", "probestore.__main__")
 COMMANDS = ("storage_schema.commands", "extract.commands", "analyze.commands", "analyze.tcav_commands")
 HEAVY = ("torch", "torchvision", "transformers")

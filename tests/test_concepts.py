@@ -351,9 +351,18 @@ def test_one_pixel_side_is_fine_without_texture():
     assert got["area"][0] == 5
 
 
-def test_progress_bar_counts_images(capsys):
+def test_progress_bar_counts_images(monkeypatch):
+    """On a terminal a bar counts the images (in a log file, a line a minute: probestore.progress)."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
     compute_concepts([np.zeros((4, 4), np.uint8)] * 5, families=["shape"], n_jobs=1, chunk_size=2)
-    assert "5/5" in capsys.readouterr().err
+    assert "5/5" in err.getvalue() and "\r" in err.getvalue()
 
 
 def test_descriptions_cover_every_concept():

@@ -79,7 +79,7 @@ def test_sample_types_round_trip_and_write_once(tmp_path, backend):
     with open_store(path) as s:
         np.testing.assert_array_equal(s.sample_types(), word_ids)
         assert s.sample_types_info() == {"n_types": 3, "method": {"kind": "word type"}}
-        assert s.schema_version == (1, 2)
+        assert s.schema_version >= (1, 2)  # a store of this version (1.3 since token rows)
     assert validate_store(path) == []
     with open_store(path, "a") as s:
         s.set_sample_types(np.arange(6), overwrite=True)

@@ -57,7 +57,7 @@ def test_layers_lists_every_hookable_layer(capsys):
     assert list(rows) == ["input", "flatten", "fc1", "relu1", "fc2", "relu2", "classifier"]
     assert rows["input"][-2:] == ["1x28x28", "784"]
     assert rows["fc1"] == ["Linear", "32", "32"]
-    assert rows["classifier"] == ["Linear", "10", "10"]
+    assert rows["classifier"] == ["Linear", "(head)", "10", "10"]  # the last nn.Linear run
 
 
 def test_layers_of_the_shallow_cnn_and_json_options(capsys):

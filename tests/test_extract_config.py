@@ -32,7 +32,7 @@ def test_example_parses_with_defaults(tmp_path, monkeypatch):
     path.write_text(EXAMPLE)
     cfg = load_config(path)
     assert cfg.name == "mnist-mlp-memorization" and cfg.seed == 3
-    assert cfg.store == Path("demo-output/mnist_mlp.zarr")
+    assert cfg.store == tmp_path / "demo-output/mnist_mlp.zarr"  # relative to the file's folder
     assert cfg.dataset.path == str(MNIST)  # first candidate's variable is unset: second wins
     assert cfg.dataset.seed == 3  # defaults to the experiment seed
     assert cfg.dataset.name == "mnist-test"  # named after the first candidate, not the one found
@@ -40,7 +40,7 @@ def test_example_parses_with_defaults(tmp_path, monkeypatch):
     gen, mem, imp = cfg.runs
     assert gen.mode == "shuffle" and gen.seed == 3 and gen.trained
     assert mem.corruption == 0.5 and mem.mode == "uniform"
-    assert not imp.trained and imp.checkpoints == "some/dir"
+    assert not imp.trained and imp.checkpoints == str(tmp_path / "some/dir")
     assert cfg.train_config(gen).epochs == 2 and cfg.train_config(mem).epochs == 3
     assert cfg.train_config(gen).seed == 3
     ex = cfg.extract
@@ -62,7 +62,8 @@ def test_glob_reduction_override_exact_name_wins():
 def test_content_hash_ignores_where_and_how_fast_but_not_what():
     base = _parse(EXAMPLE)
     moved = _parse(EXAMPLE, store="elsewhere/x.h5", device="cpu", num_workers=3, compression="none")
-    assert moved.store == Path("elsewhere/x.h5") and moved.extract.device == "cpu"
+    # --store is relative to the current directory (made absolute), not to the file's folder
+    assert moved.store == Path.cwd() / "elsewhere/x.h5" and moved.extract.device == "cpu"
     assert base.extract.compression == "fast" and moved.extract.compression == "none"
     assert moved.training["device"] == "cpu"  # --device applies to training too
     assert config_hash(base.content()) == config_hash(moved.content())

@@ -69,7 +69,8 @@ def test_load_config_from_experiment_toml_with_overrides(tmp_path):
     toml.write_text('[experiment]\nname = "x"\nstore = "out/s.zarr"\n\n[analysis]\nCs = [0.1, 1.0]\n'
                     'layers = ["relu*"]\ncontrol_seed = 3\n')
     cfg, store = load_config(toml, layers="fc1", n_workers=None)
-    assert store == "out/s.zarr" and cfg.Cs == (0.1, 1.0) and cfg.control_seed == 3
+    # Relative paths resolve against the experiment file's folder, not the current directory.
+    assert store == str(tmp_path / "out" / "s.zarr") and cfg.Cs == (0.1, 1.0) and cfg.control_seed == 3
     assert cfg.layers == ("fc1",)  # the command line wins
     bad = tmp_path / "bad.toml"
     bad.write_text("[analysys]\nCs = [1.0]\n")

@@ -357,7 +357,7 @@ def test_the_report_lists_and_marks_flagged_probes_and_leaves_out_bad_ones(small
         assert "Probes left out or flagged" in text
         assert "the valid split lacks class(es) 1 (c1)" in text and "no convergence in 5 iterations" in text
         assert "Marked (open black ring" in text and "(1 here)" in text  # layer_error: l1 marked
-        assert "Left out: failed and degenerate-split probes (3 in the table)" in text
+        assert "Left out: failed, skipped and degenerate-split probes (3 in the table)" in text
     # A clean table: no caption notes, no CLI line.
     idx = build_report(clean, out_dir=tmp_path / "clean", log=lambda line: pytest.fail(line))
     assert "Marked (open black ring" not in idx.read_text()

@@ -52,7 +52,7 @@ def test_manifest_checkpoints_and_log(setup, tmp_path, capsys):
     manifest = train_model(model, ds, splits, train_labels, corrupted, config, tmp_path,
                            run_name="mlp_n0.5", progress=True)
     assert manifest == tmp_path / "mlp_n0.5" / "manifest.json"
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3  # epochs 0, 1, 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3  # epochs 0, 1, 2
     data = json.loads(manifest.read_text())
     entries = data["checkpoints"]
     assert [e["epoch"] for e in entries] == [0, 1, 2]
@@ -129,7 +129,7 @@ def test_save_epochs_and_rerun_skip(setup, tmp_path, capsys):
     ds, splits, train_labels, corrupted = setup
     again = train_model(model, ds, splits, train_labels, corrupted, config, tmp_path,
                         run_name="mlp_n0.5", progress=True)
-    assert again == manifest and "skipping" in capsys.readouterr().out
+    assert again == manifest and "skipping" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in manifest.parent.iterdir()} == before
     assert all(torch.equal(v, untouched[k]) for k, v in model.state_dict().items())
     with pytest.raises(ConfigError, match="different inputs"):

@@ -8,7 +8,8 @@ Modules: :mod:`~analyze.report.table` (reading, model order, run roles),
 :mod:`~analyze.report.figures` (one data + one plot function per figure),
 :mod:`~analyze.report.extras` (CKA, MDL, embeddings),
 :mod:`~analyze.report.sensitivity` (TCAV, RCV sensitivity, ConExp),
-:mod:`~analyze.report.findings`, :mod:`~analyze.report.html`,
+:mod:`~analyze.report.findings`, :mod:`~analyze.report.language` (a language model's
+word rows: the probing literature's layer and random-baseline claims), :mod:`~analyze.report.html`,
 :mod:`~analyze.report.markdown`, :mod:`~analyze.report.style` (colours).
 matplotlib is used without pyplot; nothing here imports torch.
 """
@@ -25,6 +26,7 @@ from analyze.report.figures import FigureResult, make_figures
 from analyze.report.findings import Finding, compute_findings, run_models
 from analyze.report.flags import summary_line
 from analyze.report.html import render_html
+from analyze.report.language import language_findings, text_unit
 from analyze.report.markdown import render_markdown
 from analyze.report.sensitivity import make_sensitivity_figures, read_tcav
 from analyze.report.table import ResultsView, make_view, read_results
@@ -145,6 +147,8 @@ def build_report(
         # The store names each run's model: A&B's findings say whether this is their setting.
         models = run_models(store_path) if store_path is not None else None
         findings = compute_findings(view, concept=concepts[0] if concepts else None, models=models)
+        if text_unit(store_path) in ("token", "word"):  # a language model's word rows: its own claims first
+            findings = language_findings(view) + findings
         source = str(results_path)
         atomic_write(out / "report.md", render_markdown(view, findings, figures, source=source))
         index = out / "index.html"

@@ -35,7 +35,7 @@ from analyze.report.figures import (
     NotRequested,
     SkipFigure,
     draw_figures,
-    epoch_label,
+    epoch_axis,
     layer_axis,
 )
 from analyze.report.table import ResultsView, natural_key
@@ -58,7 +58,7 @@ def _matrix(pairs: pd.DataFrame, col_a: str, col_b: str, order: list[str]) -> np
     return M
 
 
-def _heatmap(ax, M: np.ndarray, labels: list[str], title: str) -> object:
+def _heatmap(ax, M: np.ndarray, labels: list[str], title: str, axis_label: str) -> object:
     im = ax.imshow(M, vmin=0.0, vmax=1.0, cmap="magma", origin="lower")
     ax.set_xticks(range(len(labels)))
     ax.set_yticks(range(len(labels)))
@@ -72,6 +72,8 @@ def _heatmap(ax, M: np.ndarray, labels: list[str], title: str) -> object:
                     ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize="x-small",
                             color="black" if M[i, j] > 0.6 else "white")
     ax.set_title(title, fontsize="small")
+    ax.set_xlabel(axis_label)
+    ax.set_ylabel(axis_label)
     return im
 
 
@@ -111,7 +113,7 @@ def cka_layers_data(view: ResultsView, cka: pd.DataFrame | None) -> list[dict]:
             layers = _ordered_layers(view, set(pairs["layer_a"]) | set(pairs["layer_b"]))
             epoch = int(pairs["epoch_a"].iloc[0])
             panels.append({"run": run, "role": role, "checkpoint": ck, "epoch": epoch, "labels": layers,
-                           "matrix": _matrix(pairs, "layer_a", "layer_b", layers)})
+                           "matrix": _matrix(pairs, "layer_a", "layer_b", layers), "axis": "layer"})
     return panels
 
 
@@ -120,10 +122,10 @@ def plot_cka_matrices(panels: list[dict], view: ResultsView, what: str) -> Figur
     im = None
     for ax, p in zip(axes, panels):
         when = p.get("title") or (f"{p['role']}: epoch {p['epoch']}" if p.get("epoch", -1) >= 0 else p["checkpoint"])
-        im = _heatmap(ax, p["matrix"], p["labels"], f"{p['run']}, {when}")
+        im = _heatmap(ax, p["matrix"], p["labels"], f"{p['run']}, {when}", p["axis"])
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label="linear CKA")
-    fig.suptitle(what)
+    style.figure_title(fig, axes, what)
     return fig
 
 
@@ -153,7 +155,9 @@ def cka_checkpoints_data(view: ResultsView, cka: pd.DataFrame | None, layer: str
         epochs = dict(zip(sub["checkpoint_a"], sub["epoch_a"])) | dict(zip(sub["checkpoint_b"], sub["epoch_b"]))
         labels = [str(epochs[c]) if epochs.get(c, -1) >= 0 else c for c in ckpts]
         M = _matrix(sub, "checkpoint_a", "checkpoint_b", ckpts)
-        panels.append({"run": run, "title": f"layer {layer}", "labels": labels, "matrix": M, "layer": layer})
+        axis = "epoch" if all(epochs.get(c, -1) >= 0 for c in ckpts) else "checkpoint"
+        panels.append({"run": run, "title": f"layer {layer}", "labels": labels, "matrix": M, "layer": layer,
+                       "axis": axis})
     return panels
 
 
@@ -258,10 +262,10 @@ def plot_mdl_epochs(data: pd.DataFrame, view: ResultsView) -> Figure:
                 ax.plot(line["x"], line["mdl_compression"], LAYER_STYLES[k % len(LAYER_STYLES)], marker="o",
                         color=colours[run], label=f"{style.run_label(run, view.corruption[run])}, {layer}")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel(epoch_label(view, list(data["run"].unique())))
+    epoch_axis(ax, view, list(data["run"].unique()))
     ax.set_ylabel("compression (true labels)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small")
+    style.legend_outside(fig, ax, fontsize="x-small")
     ax.set_title("MDL probe compression over training")
     return fig
 
@@ -332,10 +336,12 @@ def plot_embeddings(data: list, view: ResultsView) -> Figure:
             ax.set_title(f"{run}, {when}, {e.layer} ({e.method.upper()}, {e.rows.size} samples)", fontsize="small")
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.set_xlabel(f"{e.method.upper()} 1")
+            ax.set_ylabel(f"{e.method.upper()} 2")
     handles = [Line2D([], [], marker="o", ls="", color=cmap(k % cmap.N), label=name)
                for k, name in enumerate(class_names[:20])]
     fig.legend(handles=handles, loc="outside right upper", fontsize="x-small", title="true class")
-    fig.suptitle("Features in 2-D by true class (× = corrupted training label)")
+    style.figure_title(fig, list(axes.ravel()), "Features in 2-D by true class (× = corrupted training label)")
     return fig
 
 

@@ -68,7 +68,7 @@ def draw_figures(specs, view, figures_dir: Path) -> list[FigureResult]:
             result.note = f"{'skipped' if result.requested else 'not drawn'}: {skip}"
             results.append(result)
             continue
-        style.save(plot(data, view), figures_dir / f"{key}.png")
+        result.layout_problems = style.save(plot(data, view), figures_dir / f"{key}.png")
         result.file = f"{figures_dir.name}/{key}.png"
         result.data = data
         results.append(result)
@@ -94,6 +94,8 @@ class FigureResult:
     text_table: tuple[list[str], list[list[str]]] | None = None
     #: Heading the entry is listed under (a new ``<h2>`` where it changes).
     section: str = "Figures"
+    #: :func:`style.layout_problems` of the drawn figure (clipped text, unlabelled axes).
+    layout_problems: list[str] = field(default_factory=list)
 
 
 def layer_axis(ax, layers: list[str]) -> None:
@@ -110,6 +112,12 @@ def layer_axis(ax, layers: list[str]) -> None:
 def epoch_label(view: ResultsView, runs: list[str]) -> str:
     """The x-axis label of a per-checkpoint figure: "epoch" when every run records epochs."""
     return "epoch" if all(view.has_epochs(r) for r in runs) else "checkpoint index"
+
+
+def epoch_axis(ax, view: ResultsView, runs: list[str]) -> None:
+    """Label a per-checkpoint x axis and keep its ticks on whole epochs (no epoch 0.5)."""
+    ax.set_xlabel(epoch_label(view, runs))
+    style.integer_ticks(ax.xaxis)
 
 
 # ---------------------------------------------------------------------- 1. layer error
@@ -156,7 +164,7 @@ def plot_layer_error(data: pd.DataFrame, view: ResultsView) -> Figure:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.set_title("Linear probe test error per layer (true labels)")
-    ax.legend(fontsize="small")
+    style.legend_outside(fig, ax)
     return fig
 
 
@@ -217,7 +225,7 @@ def plot_error_heatmap(data: dict[str, pd.DataFrame], view: ResultsView) -> Figu
                            color="black", zorder=5)
     if image is not None:
         fig.colorbar(image, ax=axes, label="probe test error (%)")
-    fig.suptitle("Probe test error: layers × checkpoints (red = worse)")
+    style.figure_title(fig, axes, "Probe test error: layers × checkpoints (red = worse)")
     return fig
 
 
@@ -273,11 +281,11 @@ def plot_rcv_epochs(data: pd.DataFrame, view: ResultsView) -> Figure:
                         color=colours[run], label=f"{style.run_label(run, view.corruption[run])}, {layer}")  # fmt: skip
                 flags.mark_points(ax, line["x"], line["test_r2"], line["flag"])
         ax.set_title(f"concept: {concept}")
-        ax.set_xlabel(epoch_label(view, list(sub["run"].unique())))
+        epoch_axis(ax, view, list(sub["run"].unique()))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("RCV test R² (1 = perfect, 0 = mean)")
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle("Concept regression (RCV) over training")
+    style.legend_outside(fig, axes[0], fontsize="x-small")
+    style.figure_title(fig, axes, "Concept regression (RCV) over training")
     return fig
 
 
@@ -325,8 +333,8 @@ def plot_rcv_corruption(data: pd.DataFrame, view: ResultsView) -> Figure:
         ax.set_xlabel("label corruption fraction (0 = generalizing)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("RCV test R²")
-    axes[0].legend(title="layer", fontsize="small")
-    fig.suptitle("RCV R² against label corruption, one line per layer")
+    style.legend_outside(fig, axes[0], title="layer")
+    style.figure_title(fig, axes, "RCV R² against label corruption, one line per layer")
     return fig
 
 
@@ -380,12 +388,12 @@ def plot_clean_corrupted(data: pd.DataFrame, view: ResultsView) -> Figure:
             if not line.empty:
                 ax.plot(line["x"], 100 * line["accuracy"], ls, marker=marker, color=colours[run], label=series)
         ax.set_title(style.run_label(run, view.corruption[run]), color=colours[run], fontsize="medium")
-        ax.set_xlabel(epoch_label(view, [run]))
+        epoch_axis(ax, view, [run])
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("model accuracy on the train split (%)")
-    axes[0].legend(fontsize="small")
-    fig.suptitle("Clean vs corrupted training samples (true labels = training labels on clean samples)")
+    style.legend_outside(fig, axes[0])
+    style.figure_title(fig, axes, "Clean vs corrupted training samples")
     return fig
 
 
@@ -455,7 +463,9 @@ def mspe_table_data(view: ResultsView, layer: str | None = None) -> pd.DataFrame
 
 def plot_mspe_table(data: pd.DataFrame, view: ResultsView) -> Figure:
     concepts = list(data.columns)
-    fig, (ax,) = style.new_figure(1, width=max(5.0, min(16.0, 0.25 * len(concepts) * len(data) + 3)), height=3.8)
+    # Taller by the legend below it (one row per two roles), so the bars keep their height.
+    fig, (ax,) = style.new_figure(1, width=max(8.0, min(16.0, 0.25 * len(concepts) * len(data) + 3)),
+                                  height=3.8 + 0.2 * (len(data) + 2) / 2)
     width = 0.8 / len(data)
     # Trained networks keep their run's colour; the untrained one is grey.
     run_colours = style.run_colors(view.runs)
@@ -475,9 +485,9 @@ def plot_mspe_table(data: pd.DataFrame, view: ResultsView) -> Figure:
     ax.set_xticks(range(len(concepts)))
     ax.set_xticklabels(concepts, rotation=45 if len(concepts) > 4 else 0, ha="right" if len(concepts) > 4 else "center")
     ax.set_xlabel("concept")
-    ax.set_ylabel("RCV test MSPE (concept units², log)")
+    ax.set_ylabel("test MSPE (concept units², log)")
     ax.set_title(f"MSPE at layer {data.attrs['layer']} (lower = better)")
-    ax.legend(fontsize="small")
+    style.legend_outside(fig, ax, handlelength=2)
     return fig
 
 
@@ -613,7 +623,7 @@ def _note_flags(results: list[FigureResult], view: ResultsView) -> None:
     """
     table = view.table if view.table is not None else view.rows
     cats = flags.categories(table)
-    excluded = len(cats["failed"]) + len(cats["degenerate_split"])
+    excluded = len(cats["failed"]) + len(cats["skipped"]) + len(cats["degenerate_split"])
     if not excluded and not (view.rows["flag"] != "").any():
         return
     for result in results:

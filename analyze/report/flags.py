@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 #: Statuses whose rows are left out of figures and findings.
-EXCLUDED_STATUSES = ("failed", "degenerate_split")
+EXCLUDED_STATUSES = ("failed", "skipped", "degenerate_split")
 #: Marker drawn over a marked point (line figures) and in a marked heatmap cell.
 RING = {"marker": "o", "s": 120, "facecolors": "none", "edgecolors": "black", "linewidths": 1.4, "zorder": 5}
 TABLE_MARK = "†"
 
 _CATEGORIES = (
     ("failed", "failed", "left out (no numbers)"),
+    ("skipped", "skipped as not applicable", "left out (no numbers; the message says why)"),
     ("degenerate_split", "degenerate split", "left out of figures and findings"),
     ("not_converged", "not converged", "drawn, marked"),
     ("grid_low", "C / alpha at the low edge of its grid", "drawn, marked"),
@@ -65,6 +66,7 @@ def categories(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     usable = ~df["status"].isin(EXCLUDED_STATUSES)
     return {
         "failed": df[df["status"] == "failed"],
+        "skipped": df[df["status"] == "skipped"],
         "degenerate_split": df[df["status"] == "degenerate_split"],
         "not_converged": df[df["status"] == "not_converged"],
         "grid_low": df[usable & (edge == "low")],
@@ -91,7 +93,7 @@ def example_rows(df: pd.DataFrame, limit: int = 20) -> tuple[list[list[str]], in
     """Up to ``limit`` flagged rows as ``[probe, status, grid edge, message]``, and how many there are."""
     edge = _grid_edge(df)
     bad = df[(df["status"] != "ok") | edge.isin(("low", "high"))]
-    order = bad["status"].map({"failed": 0, "degenerate_split": 1, "not_converged": 2}).fillna(3)
+    order = bad["status"].map({"failed": 0, "skipped": 1, "degenerate_split": 2, "not_converged": 3}).fillna(4)
     bad = bad.assign(_o=order.to_numpy()).sort_values("_o", kind="stable")
     rows = []
     for r in bad.head(limit).itertuples():
@@ -103,7 +105,7 @@ def example_rows(df: pd.DataFrame, limit: int = 20) -> tuple[list[list[str]], in
 def caption_note(marked: int, excluded: int) -> str:
     """The sentence every figure caption ends with."""
     return (f" Marked (open black ring; triangle in a heatmap cell; {TABLE_MARK} in a table): not-converged probes "
-            f"and probes whose C / alpha is at the edge of its grid ({marked} here). Left out: failed and "
+            f"and probes whose C / alpha is at the edge of its grid ({marked} here). Left out: failed, skipped and "
             f"degenerate-split probes ({excluded} in the table); see 'Probes left out or flagged'.")
 
 

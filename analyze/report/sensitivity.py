@@ -229,7 +229,7 @@ def plot_tcav_layers(data: pd.DataFrame, view: ResultsView) -> Figure:
         ax.set_title(panel, fontsize="small")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small", loc="best")
-    fig.suptitle("TCAV per layer: concept vs random CAVs (mean ± std; ○ significant)")
+    style.figure_title(fig, axes, "TCAV per layer: concept vs random CAVs (mean ± std; ○ significant)")
     return fig
 
 
@@ -353,7 +353,7 @@ def make_sensitivity_figures(view: ResultsView, figures_dir: str | Path, *, tcav
     except SkipFigure as skip:
         fig.note = f"skipped: {skip}"
     else:
-        style.save(plot_tcav_layers(layer_data, view), figures_dir / "tcav_layers.png")
+        fig.layout_problems = style.save(plot_tcav_layers(layer_data, view), figures_dir / "tcav_layers.png")
         fig.file = f"{figures_dir.name}/tcav_layers.png"
     results.append(fig)
 

@@ -14,10 +14,14 @@ Why it is fast (see ``benchmarks/bench_probes.py``):
 
 - all label sets of a block (true labels, the corrupted training labels of a memorizing
   run, control labels) are solved together: one GEMM ``X @ W`` with ``W`` of shape
-  ``[F, K·L]`` and one ``X^T R`` per iteration, in ``dtype`` (float32 by default)
-  while the parameters, the softmax and the losses stay float64;
+  ``[F, K·L]`` and one ``X^T R`` per iteration, in ``dtype`` (float32 by default), the
+  softmax too, while the parameters and every sum (losses, normalizers, the intercept
+  gradient) stay float64;
 - a vectorised L-BFGS (history 10) with an independent history, step and stopping test
-  per label set, so one slow problem does not hold the others' curvature hostage;
+  per label set, so one slow problem does not hold the others' curvature hostage; its
+  inverse Hessian in compact form (Byrd, Nocedal & Schnabel 1994: two streaming passes
+  over the history per iteration): with 1,000 classes a label set has a million
+  parameters and the two-loop recursion cost as much as the gradient;
 - the C grid is walked from the strongest regularization up, each C warm-started from
   the previous solution (or from ``warm_start``, the previous checkpoint's solution at
   the same C, whichever has the lower objective);
@@ -143,28 +147,36 @@ def _loss_grad(X, Yidx, theta, inv_cn, mask_add, dtype):
 
     ``theta`` is (P, F+1, K) float64 (last row: intercepts); ``Yidx`` (n, P) labels;
     ``mask_add`` (P, K) is 0, or -inf for classes absent from that problem's train labels.
+
+    The logits, the softmax and the residuals stay in ``dtype`` (the precision of the
+    GEMMs that produce and consume them: with 1,000 classes a float64 ``exp`` over the
+    ``n × K`` logits cost a third of the GEMMs); the sums that make the loss, the
+    normalizers and the intercept gradient accumulate in float64.
     """
+    dtype = np.dtype(dtype)
     n, F = X.shape
     P, _, K = theta.shape
     W = np.ascontiguousarray(theta[:, :F, :].transpose(1, 0, 2), dtype=dtype).reshape(F, P * K)
-    Z = (X @ W).reshape(n, P, K).astype(np.float64)
-    Z += (theta[:, F, :] + mask_add)[None, :, :]
+    Z = (X @ W).reshape(n, P, K).astype(dtype, copy=False)
+    Z += (theta[:, F, :] + mask_add).astype(dtype)[None, :, :]
     zmax = Z.max(axis=2, keepdims=True)
-    E = np.exp(Z - zmax)
-    S = E.sum(axis=2, keepdims=True)
-    lse = zmax[..., 0] + np.log(S[..., 0])
+    Z -= zmax
     rows = np.arange(n)[:, None]
     cols = np.arange(P)[None, :]
-    ce = np.mean(lse - Z[rows, cols, Yidx], axis=0)
-    R = E / S
+    z_y = Z[rows, cols, Yidx].astype(np.float64)
+    E = np.exp(Z, out=Z)
+    S = E.sum(axis=2, keepdims=True, dtype=np.float64)
+    ce = np.mean(np.log(S[..., 0]) - z_y, axis=0)
+    R = E
+    R *= (1.0 / S).astype(dtype)
     R[rows, cols, Yidx] -= 1.0
-    R /= n
-    gW = (X.T @ R.reshape(n, P * K).astype(dtype, copy=False)).reshape(F, P, K)
+    gW = (X.T @ R.reshape(n, P * K)).reshape(F, P, K)
+    gW *= dtype.type(1.0 / n)
     Wp = theta[:, :F, :]
     f = ce + 0.5 * inv_cn * np.einsum("pfk,pfk->p", Wp, Wp)
     g = np.empty_like(theta)
     g[:, :F, :] = gW.transpose(1, 0, 2) + inv_cn[:, None, None] * Wp
-    g[:, F, :] = R.sum(axis=0)
+    g[:, F, :] = R.sum(axis=0, dtype=np.float64) / n
     return f, g
 
 
@@ -180,28 +192,24 @@ def _lbfgs(fun, theta0, *, tol, max_iter, f_noise):
     P, D = theta0.shape
     theta = theta0.copy()
     f, g = fun(theta, np.arange(P))
-    S = np.zeros((_HISTORY, P, D))
-    Yh = np.zeros((_HISTORY, P, D))
-    rho = np.zeros((_HISTORY, P))
-    gamma = np.ones(P)
+    hist = _History(P, D)
     fresh = np.ones(P, dtype=bool)  # no curvature pair yet: scale the first step
     n_iter = np.zeros(P, dtype=np.int64)
     status = np.full(P, "max_iter", dtype=object)
     active = np.abs(g).max(axis=1) > tol
     status[~active] = "converged"
-    slot = 0
     for _ in range(max_iter):
         idx = np.nonzero(active)[0]
         if idx.size == 0:
             break
         gi = g[idx]
-        d = _search_direction(gi, idx, S, Yh, rho, gamma, slot)
+        d = hist.direction(gi, idx)
         gd = np.einsum("pd,pd->p", gi, d)
         bad = ~(gd < 0)
         if bad.any():  # lost descent: restart from steepest descent
             d[bad] = -gi[bad]
             gd[bad] = -np.einsum("pd,pd->p", gi[bad], gi[bad])
-            rho[:, idx[bad]] = 0.0
+            hist.reset(idx[bad])
             fresh[idx[bad]] = True
         t = np.ones(idx.size)
         first = fresh[idx]
@@ -214,40 +222,85 @@ def _lbfgs(fun, theta0, *, tol, max_iter, f_noise):
         acc_idx = idx[ok]
         s = new_theta[ok] - theta[acc_idx]
         y = new_g[ok] - g[acc_idx]
-        sy = np.einsum("pd,pd->p", s, y)
-        yy = np.einsum("pd,pd->p", y, y)
-        upd = sy > 1e-10 * yy
-        S[slot, acc_idx] = s
-        Yh[slot, acc_idx] = y
-        rho[slot, acc_idx] = np.where(upd, 1.0 / np.where(upd, sy, 1.0), 0.0)
-        gamma[acc_idx] = np.where(upd, sy / np.where(upd, yy, 1.0), gamma[acc_idx])
+        upd = hist.push(acc_idx, s, y)
         fresh[acc_idx[upd]] = False
         theta[acc_idx], f[acc_idx], g[acc_idx] = new_theta[ok], new_f[ok], new_g[ok]
         n_iter[acc_idx] += 1
         conv = acc_idx[np.abs(g[acc_idx]).max(axis=1) <= tol]
         status[conv] = "converged"
         active[conv] = False
-        slot = (slot + 1) % _HISTORY
     return theta, f, n_iter, status, np.abs(g).max(axis=1)
 
 
-def _search_direction(gi, idx, S, Yh, rho, gamma, slot) -> np.ndarray:
-    """L-BFGS two-loop recursion: ``-H g`` for the problems ``idx`` from their curvature history.
+class _History:
+    """The curvature pairs of P problems, used in L-BFGS's compact form (Byrd, Nocedal & Schnabel 1994).
 
-    ``S``, ``Yh``, ``rho`` are ring buffers of ``_HISTORY`` pairs (``slot`` is the next
-    one written); a pair with ``rho`` 0 is absent and contributes nothing.
+    Each problem keeps its last ``_HISTORY`` pairs as one ``(2·_HISTORY, D)`` block,
+    ``[s_0 … s_9; y_0 … y_9]`` (a ring: slot ``count % _HISTORY`` is overwritten), plus the
+    small matrices ``S^T Y`` and ``Y^T Y``. Then ``H g`` takes one matrix-vector product
+    with the block to get ``S^T g, Y^T g``, a 10×10 triangular solve, and one more
+    product to combine the pairs: two streaming passes over the history instead of the
+    two-loop recursion's forty dot products and updates. With 1,000 classes a problem has
+    a million parameters, and the recursion cost as much as the gradient itself. A
+    pair with too little curvature (``s·y <= 1e-10 y·y``) is stored but not used.
     """
-    order = [(slot - 1 - j) % _HISTORY for j in range(_HISTORY)]  # newest first
-    q = gi.copy()
-    a = np.zeros((_HISTORY, idx.size))
-    for j in order:
-        a[j] = rho[j, idx] * np.einsum("pd,pd->p", S[j, idx], q)
-        q -= a[j][:, None] * Yh[j, idx]
-    r = gamma[idx, None] * q
-    for j in reversed(order):
-        b = rho[j, idx] * np.einsum("pd,pd->p", Yh[j, idx], r)
-        r += S[j, idx] * (a[j] - b)[:, None]
-    return -r
+
+    def __init__(self, P: int, D: int) -> None:
+        H = _HISTORY
+        self.V = np.zeros((P, 2 * H, D))
+        self.SY = np.zeros((P, H, H))  # SY[p, i, j] = s_i·y_j, kept where pair i is not newer than pair j
+        self.YY = np.zeros((P, H, H))
+        self.valid = np.zeros((P, H), dtype=bool)
+        self.age = np.zeros((P, H), dtype=np.int64)
+        self.gamma = np.ones(P)
+        self.count = 0
+
+    def reset(self, idx: np.ndarray) -> None:
+        """Forget the pairs of problems ``idx`` (after a direction that was not descent)."""
+        self.valid[idx] = False
+
+    def push(self, idx: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Store the new pair of each problem in ``idx``; returns where it has enough curvature."""
+        H = _HISTORY
+        slot = self.count % H
+        self.count += 1
+        upd = np.zeros(idx.size, dtype=bool)
+        for q, p in enumerate(idx):
+            V = self.V[p]
+            V[slot], V[H + slot] = s[q], y[q]
+            dots = V @ y[q]  # s_i·y_new and y_i·y_new for every slot, the new one included
+            sy, yy = dots[slot], dots[H + slot]
+            upd[q] = sy > 1e-10 * yy
+            self.SY[p, :, slot] = dots[:H]
+            self.YY[p, :, slot] = self.YY[p, slot, :] = dots[H:]
+            self.valid[p, slot] = upd[q]
+            self.age[p, slot] = self.count
+            if upd[q]:
+                self.gamma[p] = sy / yy
+        return upd
+
+    def direction(self, gi: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``-H g`` for the problems ``idx`` (rows of ``gi``) from their stored pairs."""
+        H = _HISTORY
+        d = np.empty_like(gi)
+        for q, p in enumerate(idx):
+            gamma = self.gamma[p]
+            c = np.flatnonzero(self.valid[p])
+            if c.size == 0:
+                np.multiply(gi[q], -gamma, out=d[q])
+                continue
+            c = c[np.argsort(self.age[p, c])]  # oldest first
+            ab = self.V[p] @ gi[q]
+            a, b = ab[c], ab[H + c]
+            R = np.triu(self.SY[p][np.ix_(c, c)])
+            u = np.linalg.solve(R, a)
+            p1 = np.linalg.solve(R.T, np.diag(R) * u + gamma * (self.YY[p][np.ix_(c, c)] @ u) - gamma * b)
+            coef = np.zeros(2 * H)
+            coef[c], coef[H + c] = p1, -gamma * u
+            np.multiply(gi[q], gamma, out=d[q])
+            d[q] += coef @ self.V[p]
+            np.negative(d[q], out=d[q])
+        return d
 
 
 def _line_search(fun, theta, f, idx, d, gd, t, f_noise, dtype):
@@ -506,14 +559,16 @@ def _working_space(Xraw, labels: dict, K: int, dtype: np.dtype) -> _Space:
     X_train = Xraw[0]
     F, n = X_train.shape[1], X_train.shape[0]
     std = Standardizer.fit(X_train)
-    Xs = [None if X is None else std.transform(X) for X in Xraw]
     basis = None
     if F > n:  # row space of the standardized train features (exact for an L2 penalty)
+        Xs = [None if X is None else std.transform(X) for X in Xraw]
         X0 = Xs[0]
         assert X0 is not None, "X_train was validated above"
         basis, _ = np.linalg.qr(X0.T)
         Xs = [None if X is None else X @ basis for X in Xs]
-    Xw = [None if X is None else np.ascontiguousarray(X, dtype=dtype) for X in Xs]
+        Xw = [None if X is None else np.ascontiguousarray(X, dtype=dtype) for X in Xs]
+    else:  # straight into the working precision (no float64 copy of each split)
+        Xw = [None if X is None else std.transform(X, dtype) for X in Xraw]
     Xw0 = Xw[0]
     assert Xw0 is not None, "X_train was validated above"
     return _Space(Xw, std, basis, F, Xw0.shape[1], K, n, dtype, labels)
@@ -774,14 +829,25 @@ class _Space:
         return coef, intercept
 
 
-def inner_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def inner_split(y: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Seeded stratified held-out mask: ``round(fraction · m)`` of each class's ``m`` samples.
 
     A class with a single sample stays in the fitting part (it could not be both fitted
-    and scored).
+    and scored). With ``groups`` (the sequence id of token rows, SCHEMA.md §12) whole
+    sequences are held out instead, seeded, until ``fraction`` of the rows is: the
+    tokens of one sentence are never on both sides (not stratified: a sentence holds
+    several classes).
     """
     y = np.asarray(y)
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        sizes = np.bincount(inverse)
+        order = rng.permutation(ids.size)
+        n_held = int(np.searchsorted(np.cumsum(sizes[order]), fraction * y.size, side="left")) + 1
+        chosen = np.zeros(ids.size, dtype=bool)
+        chosen[order[:min(n_held, ids.size - 1)]] = True
+        return chosen[inverse]
     held = np.zeros(y.size, dtype=bool)
     for c in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == c))
@@ -791,7 +857,7 @@ def inner_split(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def select_C_inner(X_train, y_train, Cs: Sequence[float], *, n_classes: int, fraction: float = 0.2,
-                   seed: int = 0, **solver) -> tuple[float, int, np.ndarray]:
+                   seed: int = 0, groups: np.ndarray | None = None, **solver) -> tuple[float, int, np.ndarray]:
     """Choose C for a label set on held-out samples that carry *that* label set.
 
     The probe on a memorizing run's training labels must not be selected on the true
@@ -816,7 +882,7 @@ def select_C_inner(X_train, y_train, Cs: Sequence[float], *, n_classes: int, fra
         Too few samples for a held-out part, or a single class in the fitting part.
     """
     y = np.asarray(y_train).astype(np.intp)
-    held = inner_split(y, fraction, seed)
+    held = inner_split(y, fraction, seed, groups)
     if not held.any() or held.all():
         raise DataError("too few train samples for an inner validation split", where="select_C_inner",
                         expected=f"a {fraction:.0%} held-out part and a fitting part", got=f"{y.size} samples")

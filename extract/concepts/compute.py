@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
-from tqdm.auto import tqdm
 
 from probestore.errors import ConfigError, DataError, did_you_mean
+from probestore.progress import Log, Progress
 
 from . import texture
 from .presets import (
@@ -179,7 +179,8 @@ def compute_concepts(
     n_jobs : int
         joblib worker processes; -1 uses all cores, 1 runs in this process.
     progress : bool
-        Show a tqdm progress bar counted in images.
+        Show progress counted in images: a bar on a terminal, a timestamped line a
+        minute elsewhere (:class:`probestore.progress.Progress`).
     chunk_size : int
         Images per task: larger amortises inter-process overhead, smaller bounds memory.
     texture_levels : int or None
@@ -231,7 +232,7 @@ def compute_concepts(
     workers = min(effective_n_jobs(n_jobs), max(1, -(-n // chunk_size)))
 
     parts: list[np.ndarray] = []
-    with tqdm(total=n, disable=not progress, unit="img", desc="concepts") as bar:
+    with Progress(n, enabled=progress, unit="image", log=Log("extract"), desc="concepts", each=False) as bar:
         if workers == 1:
             results = (_compute_chunk(chunk, families, preset, texture_levels) for chunk in chunks)
         else:

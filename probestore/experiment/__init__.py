@@ -6,18 +6,22 @@ such as ``store = "$DATA/x.zarr"`` means the same to every command. Parsing need
 neither torch nor the data of the other stages (the reduction grammar is
 :mod:`storage_schema.reductions`, plain data), so a CPU-only analysis machine reads the
 file too. Its *content* (everything that changes a stored number) is written
-into the store and hashed: a later run with a different file is refused instead of
-mixing features of two experiments in one store. Everything is validated here, before
+into the store and hashed: a later run with a file that only adds (runs, epochs,
+layers, gradients, concepts) grows the store, and any other change is refused instead
+of mixing features of two experiments in one store (:mod:`~probestore.experiment.growth`
+classifies every key). Everything is validated here, before
 any data is read or any network is built, with the shared validators of
 :mod:`probestore.fields` (unknown keys get a did-you-mean).
 
-Shape of the file (every table but ``[experiment]``, ``[dataset]``, ``[model]`` and
-``[extract].layers`` is optional)::
+The reference of every table and key (type, default, allowed values, example) is
+``docs/configuration.md``, generated from the key registries next to each table's parser
+(:mod:`probestore.experiment.keys`; ``make docs``). Shape of the file (every table but
+``[experiment]``, ``[dataset]``, ``[model]`` and ``[extract].layers`` is optional)::
 
     [experiment]
     name = "mnist-mlp-memorization"
-    store = "demo-output/mnist_mlp.zarr"        # .zarr (default) or .h5; relative to the CWD
-    checkpoints_dir = "demo-output/checkpoints/mnist_mlp"   # training output, one folder per run
+    store = "../demo-output/mnist_mlp.zarr"     # .zarr or .h5; relative to this file's folder
+    checkpoints_dir = "../demo-output/checkpoints/mnist_mlp"   # training output, one folder per run
     seed = 0                                    # default seed of everything below
 
     [dataset]                                   # probestore.experiment.dataset.DatasetSpec, plus path candidates
@@ -34,6 +38,9 @@ Shape of the file (every table but ``[experiment]``, ``[dataset]``, ``[model]`` 
     [model]                                     # extract.models.ModelSpec without the data sizes
     name = "mlp"
     options = { depth = 4, width = 256 }
+    # num_classes = 1000                        # the head's own width (a pretrained network); default:
+    # class_names = "imagenet_classes.txt"      #   the dataset's class count; class_map = { "0" = 3 }
+    # head = "keep"                             #   for model-output analyses; "drop": hidden layers only
 
     [training]                                  # probestore.experiment.training.TrainConfig
     epochs = 10
@@ -81,6 +88,8 @@ Shape of the file (every table but ``[experiment]``, ``[dataset]``, ``[model]`` 
 Paths (``store``, ``checkpoints_dir``, ``dataset.path``, ``runs.checkpoints``,
 ``concepts.csv`` / ``folders``) expand ``~`` and environment variables
 (:func:`probestore.paths.expand_path`: an unset variable is an error naming it) and are
+relative to the folder of the experiment file (a config built from a dict, with no file,
+keeps them relative to the current directory); ``--store`` on the command line is
 relative to the current directory. ``dataset.path`` may be a list of candidates: the first that
 exists is used, and when none does the error lists every path tried (an unset variable
 is named) and how to get the data. There is never a fallback to other data.
@@ -94,12 +103,14 @@ experiment". ``batch_size`` and ``amp`` *are* hashed: they change the floats.
 Modules, one per concern: :mod:`~probestore.experiment.document` (reading the file,
 command-line overrides, ``[experiment]``, the ``[analysis]`` table for ``probestore
 analyze``), :mod:`~probestore.experiment.dataset`, :mod:`~probestore.experiment.training`,
+:mod:`~probestore.experiment.model` (``[model]``: the head's width and classes),
 :mod:`~probestore.experiment.runs`, :mod:`~probestore.experiment.extraction`,
 :mod:`~probestore.experiment.concepts` and :mod:`~probestore.experiment.config` (the
 whole file, and what of it is hashed). This package imports only :mod:`probestore`'s
 base modules and :mod:`storage_schema`, so that both stages can use it.
 """
 
+from probestore.experiment.analysis import ANALYSIS_KEYS
 from probestore.experiment.concepts import (
     CONCEPT_FAMILY_NAMES,
     CONCEPT_PRESETS,
@@ -114,6 +125,7 @@ from probestore.experiment.runs import CORRUPTION_MODES, RunSpec
 from probestore.experiment.training import TrainConfig
 
 __all__ = [
+    "ANALYSIS_KEYS",
     "CONCEPT_FAMILY_NAMES",
     "CONCEPT_PRESETS",
     "CORRUPTION_MODES",

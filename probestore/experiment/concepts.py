@@ -13,20 +13,77 @@ from pathlib import Path
 from typing import Any
 
 from probestore.errors import ConfigError, did_you_mean
+from probestore.experiment.keys import Key, KeyTable, choices
 from probestore.fields import check_keys, check_range, check_type
 from probestore.paths import expand_path
 from storage_schema.names import validate_name
 
-__all__ = ["CONCEPT_FAMILY_NAMES", "CONCEPT_PRESETS", "ConceptOptions", "ConceptSetSpec", "parse_concepts"]
+__all__ = ["CONCEPT_FAMILY_NAMES", "CONCEPT_PRESETS", "CONCEPTS_KEYS", "CONCEPT_SET_KEYS", "RANDOM_SETS_KEYS",
+           "ConceptOptions", "ConceptSetSpec", "parse_concepts"]
 
 CONCEPT_FAMILY_NAMES = ("colour", "texture", "shape")
 #: extract.concepts.presets.PRESETS, default first (kept here so parsing needs no scikit-image).
 CONCEPT_PRESETS = ("graziani2019", "probestore_v1")
 
+#: ``[concepts]`` (see :mod:`probestore.experiment.keys` to add a key).
+CONCEPTS_KEYS = KeyTable("[concepts]", "The concept targets the store gets (measured per image, from CSV "
+                         "files or example folders), the sample types of the control task, and the example "
+                         "sets of TCAV.", {
+    "families": Key("list of strings", "Concept families measured on every image (Graziani et al. 2019): "
+                    "colour, texture, shape.", default="[]", allowed=choices(CONCEPT_FAMILY_NAMES),
+                    example='["colour", "texture"]'),
+    "preset": Key("string", "Whose formulas: the authors' published code, or probestore's earlier "
+                  "definitions (docs/science.md section 6). Recorded in the store.", default='"graziani2019"',
+                  allowed=choices(CONCEPT_PRESETS), example='"probestore_v1"'),
+    "texture_levels": Key("integer", "GLCM grey levels, with `preset = \"probestore_v1\"` only.",
+                          default="32 (probestore_v1)", allowed="2..256", example="32",
+                          example_with='preset = "probestore_v1"'),
+    "csv": Key("string or list of strings (path)", "User concepts: CSV files with a `sample_id` column and "
+               "one column per concept.", default="[]", example='["my_concepts.csv"]', path=True),
+    "folders": Key("table (paths)", "Binary concepts from example images: concept name = folder.",
+                   default="{}", example='{ striped = "examples/striped" }', path=True),
+    "n_jobs": Key("integer", "Processes measuring the concepts (-1: every core).", default="1",
+                  allowed="-1 or >= 1", example="-1", hashed=False),
+    "types": Key('integer or "auto"', "Sample types of the control task: k-means clusters of the raw "
+                 "inputs (`auto`: about 10 samples per type in the smallest split).", default='"auto"',
+                 allowed='"auto" or >= 2', example="50"),
+    "sets": Key("table", "TCAV example sets, one entry each (see `[concepts.sets]` below).", default="{}",
+                example='{ banded = "examples/banded" }', path=True),
+    "random_sets": Key("table", "Shorthand for many random counterexample sets (see `[concepts.random_sets]` "
+                       "below).", default="none", example="{ count = 20, size = 50 }"),
+})
+#: One entry of ``[concepts.sets]`` written as a table.
+CONCEPT_SET_KEYS = KeyTable("[concepts.sets]", "One TCAV example set per key: `name = \"folder\"`, or "
+                            "`name = { ... }` with these keys; a set is either a folder or a random draw.", {
+    "folder": Key("string (path)", "A folder of images: copies of dataset images (matched by file name) become "
+                  "rows of the store, other images go through the network as external examples.",
+                  default="none (then `random` is required)", example='"examples/banded"', path=True),
+    "random": Key("integer", "Size of a seeded random draw of the dataset's own train images.",
+                  default="none (then `folder` is required)", allowed=">= 1", example="50"),
+    "role": Key("string", "Concept examples, or a random counterexample set.",
+                default='"random" for a random draw without `class`, else "concept"',
+                allowed='"concept" | "random"', example='"random"', example_with='folder = "noise/0"'),
+    "seed": Key("integer", "Seed of the draw (combined with the set name).", default="the [experiment] seed",
+                example="7", example_with="random = 50"),
+    "class": Key("string", "Draw only among the train images of this class (a class of the dataset as a "
+                 "concept for another).", default="none", example='"banded"', example_with="random = 40"),
+})
+#: ``[concepts.random_sets]``.
+RANDOM_SETS_KEYS = KeyTable("[concepts.random_sets]", "Random counterexample sets `random_0` .. "
+                            "`random_{count-1}` of TCAV, each a seeded draw of train images.", {
+    "count": Key("integer", "Number of sets.", allowed=">= 1", example="20", example_with="size = 50"),
+    "size": Key("integer", "Images per set.", allowed=">= 1", example="50", example_with="count = 20"),
+    "seed": Key("integer", "Seed of the draws.", default="the [experiment] seed", example="0",
+                example_with="count = 2; size = 10"),
+    "prefix": Key("string", "Name prefix of the sets.", default='"random_"', example='"noise_"',
+                  example_with="count = 2; size = 10"),
+})
 
-def _path(value: str, where: str) -> Path:
-    """A config path with ``~`` and ``$VARS`` expanded (an unset variable is an error)."""
-    return expand_path(value, where=where)
+
+def _path(value: str, where: str, base: str | Path | None = None) -> Path:
+    """A config path with ``~`` and ``$VARS`` expanded (an unset variable is an error), relative
+    to ``base`` (the experiment file's folder)."""
+    return expand_path(value, where=where, base=base)
 
 
 @dataclass(frozen=True)
@@ -71,9 +128,10 @@ class ConceptSetSpec:
     of_class: str | None = None
 
 
-def parse_concepts(table: Any, where: str, raw: dict[str, Any], seed: int = 0) -> ConceptOptions:
-    d = dict(check_keys(table, ("families", "csv", "folders", "n_jobs", "preset", "texture_levels", "sets",
-                               "random_sets", "types"), where=where))
+def parse_concepts(table: Any, where: str, raw: dict[str, Any], seed: int = 0,
+                   base: str | Path | None = None) -> ConceptOptions:
+    """``[concepts]``; paths relative to ``base`` (the experiment file's folder; None: the current directory)."""
+    d = dict(check_keys(table, CONCEPTS_KEYS, where=where))
     families = d.setdefault("families", [])
     if isinstance(families, str):
         families = d["families"] = [families]
@@ -100,12 +158,12 @@ def parse_concepts(table: Any, where: str, raw: dict[str, Any], seed: int = 0) -
         raise ConfigError("n_jobs must not be 0", where=f"{where}.n_jobs",
                           expected="a positive count, or -1 for all cores", got=0)
     _parse_concept_preset(d, where)
-    sets = _parse_concept_sets(d, where, seed)
+    sets = _parse_concept_sets(d, where, seed, base)
     types = _parse_types(d.get("types", "auto"), f"{where}.types")  # hashed only when written
     raw["concepts"] = d
     return ConceptOptions(
-        families=tuple(families), csv=tuple(str(_path(c, f"{where}.csv")) for c in csvs),
-        folders={k: str(_path(v, f"{where}.folders.{k}")) for k, v in folders.items()}, n_jobs=d["n_jobs"],
+        families=tuple(families), csv=tuple(str(_path(c, f"{where}.csv", base)) for c in csvs),
+        folders={k: str(_path(v, f"{where}.folders.{k}", base)) for k, v in folders.items()}, n_jobs=d["n_jobs"],
         texture_levels=d.get("texture_levels"), sets=sets, preset=d["preset"], types=types)
 
 
@@ -145,7 +203,8 @@ def _parse_concept_preset(d: dict[str, Any], where: str) -> None:
     check_range(d["texture_levels"], low=2, high=256, where=f"{where}.texture_levels")
 
 
-def _parse_concept_sets(d: dict[str, Any], where: str, seed: int) -> dict[str, ConceptSetSpec]:
+def _parse_concept_sets(d: dict[str, Any], where: str, seed: int,
+                        base: str | Path | None = None) -> dict[str, ConceptSetSpec]:
     """``[concepts.sets]`` and ``[concepts.random_sets]`` (TCAV example sets).
 
     Forms::
@@ -171,7 +230,7 @@ def _parse_concept_sets(d: dict[str, Any], where: str, seed: int) -> dict[str, C
             if isinstance(entry, str):
                 entry = {"folder": entry}
             check_type(entry, dict, where=w)
-            e = dict(check_keys(entry, ("folder", "random", "role", "seed", "class"), where=w))
+            e = dict(check_keys(entry, CONCEPT_SET_KEYS, where=w))
             default_role = "random" if "random" in e and "class" not in e else "concept"
             role = check_type(e.get("role", default_role), str, where=f"{w}.role")
             if role not in ("concept", "random"):
@@ -192,13 +251,13 @@ def _parse_concept_sets(d: dict[str, Any], where: str, seed: int) -> dict[str, C
                     raise ConfigError("'class' only restricts a random draw", where=f"{w}.class",
                                       fix='write { random = N, class = "..." }, or drop class')
             s = check_type(e.get("seed", seed), int, where=f"{w}.seed")
-            out[name] = ConceptSetSpec(name, role, str(_path(e["folder"], f"{w}.folder")) if "folder" in e else None,
+            out[name] = ConceptSetSpec(name, role, str(_path(e["folder"], f"{w}.folder", base)) if "folder" in e else None,
                                        e.get("random"), s, e.get("class"))
     rs = d.get("random_sets")
     if rs is not None:
         w = f"{where}.random_sets"
-        r = dict(check_keys(check_type(rs, dict, where=w), ("count", "size", "seed", "prefix"), where=w,
-                            required=("count", "size")))
+        r = dict(check_keys(check_type(rs, dict, where=w), RANDOM_SETS_KEYS, where=w,
+                            required=RANDOM_SETS_KEYS.required))
         for key in ("count", "size"):
             check_type(r[key], int, where=f"{w}.{key}")
             check_range(r[key], low=1, where=f"{w}.{key}")

@@ -22,25 +22,39 @@ from probestore.experiment.dataset import DatasetSpec, parse_dataset
 from probestore.experiment.document import (
     TABLES,
     apply_overrides,
+    file_base,
     parse_experiment_table,
     read_document,
 )
 from probestore.experiment.extraction import ExtractOptions, parse_extract
+from probestore.experiment.growth import runtime_keys
+from probestore.experiment.keys import Key, KeyTable
+from probestore.experiment.model import MODEL_KEYS, parse_model  # noqa: F401  (MODEL_KEYS: the [model] registry)
 from probestore.experiment.runs import RunSpec, parse_runs
-from probestore.experiment.training import TrainConfig, check_training
+from probestore.experiment.training import TRAINING_KEYS, TrainConfig, check_training
 from probestore.fields import check_keys, check_range, check_type
 from probestore.selectors import select
 from storage_schema.store import config_hash
 
-__all__ = ["ExperimentConfig", "load_config", "parse_config"]
+__all__ = ["SPLITS_KEYS", "ExperimentConfig", "load_config", "parse_config"]
 
-#: keys that say where / how fast, not what: kept out of the config hash.
-_RUNTIME_KEYS = {
-    "experiment": ("store", "checkpoints_dir"),
-    "extract": ("device", "num_workers", "chunk_rows", "compression"),
-    "training": ("device", "num_workers"),
-    "concepts": ("n_jobs",),
-}
+#: ``[splits]`` (see :mod:`probestore.experiment.keys` to add a key).
+SPLITS_KEYS = KeyTable("[splits]", "How the samples are split into train / valid / test (stratified by class, "
+                       "seeded by the [experiment] seed). Probes are fitted on train, their penalty chosen on "
+                       "valid, and scored on every split.", {
+    "train": Key("float", "Fraction of the samples in the train split.", default="0.7", allowed="(0, 1); the "
+                 "three fractions sum to 1", example="0.6", example_with="valid = 0.2; test = 0.2"),
+    "valid": Key("float", "Fraction in the valid split.", default="0.15", allowed="(0, 1)", example="0.2",
+                 example_with="train = 0.6; test = 0.2"),
+    "test": Key("float", "Fraction in the test split.", default="0.15", allowed="(0, 1)", example="0.2",
+                example_with="train = 0.6; valid = 0.2"),
+    "predefined": Key("boolean", "Keep the dataset's own train / test files as the test split (idx "
+                      "`subset = \"all\"`); valid is drawn from train.", default="false", example="true"),
+})
+
+#: keys that say where / how fast, not what: kept out of the config hash (classified,
+#: with every other key, in :data:`probestore.experiment.growth.KEYS`).
+_RUNTIME_KEYS = {table: runtime_keys(table) for table in ("experiment", "extract", "training", "concepts")}
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,10 @@ class ExperimentConfig:
     splits : dict
         ``train``/``valid``/``test`` fractions and ``predefined``.
     model : dict
-        ``name`` and ``options`` (the data sizes are added from the dataset).
+        ``name``, ``options``, ``num_classes`` (None: the dataset's class count),
+        ``head`` (``"keep"`` / ``"drop"``), ``class_names`` (list or None, read from
+        its file) and ``class_map`` (or None); see :mod:`probestore.experiment.model`.
+        The input shape is added from the dataset.
     training : dict
         ``[training]`` as written, with ``seed`` defaulted; see :meth:`train_config`.
     runs : tuple of RunSpec
@@ -171,31 +188,36 @@ def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | Non
     DataError
         No dataset path candidate exists.
     """
-    return parse_config(read_document(path), overrides=overrides, source=str(Path(path)))
+    return parse_config(read_document(path), overrides=overrides, source=str(Path(path)), base=file_base(path))
 
 
 def parse_config(data: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
-                 source: str = "config") -> ExperimentConfig:
-    """Validate a config already parsed from TOML (see :func:`load_config`)."""
+                 source: str = "config", base: str | Path | None = None) -> ExperimentConfig:
+    """Validate a config already parsed from TOML (see :func:`load_config`).
+
+    ``base`` is the folder relative paths of the config are relative to: the
+    experiment file's own (:func:`load_config` passes it); None, for a config that
+    comes from no file, leaves them relative to the current directory.
+    """
     data = apply_overrides(data, overrides)
     check_keys(data, TABLES, where=source, required=("experiment", "dataset", "model", "extract"))
     raw: dict[str, Any] = {}
-    exp = parse_experiment_table(data["experiment"], f"{source} [experiment]")
+    exp = parse_experiment_table(data["experiment"], f"{source} [experiment]", base)
     raw["experiment"] = exp.written
     seed = exp.seed
 
-    dataset = parse_dataset(data["dataset"], seed, f"{source} [dataset]", raw)
+    dataset = parse_dataset(data["dataset"], seed, f"{source} [dataset]", raw, base)
     raw["splits"] = _parse_splits(data.get("splits", {}), f"{source} [splits]")
-    raw["model"] = _parse_model(data["model"], f"{source} [model]")
+    raw["model"], model = _parse_model(data["model"], f"{source} [model]", base)
     training = _parse_training(data.get("training", {}), seed, f"{source} [training]")
     raw["training"] = training
-    runs = parse_runs(data.get("runs", []), seed, training, f"{source} [[runs]]", raw)
+    runs = parse_runs(data.get("runs", []), seed, training, f"{source} [[runs]]", raw, base)
     extract = parse_extract(data["extract"], seed, f"{source} [extract]", raw)
-    concepts = parse_concepts(data.get("concepts", {}), f"{source} [concepts]", raw, seed)
+    concepts = parse_concepts(data.get("concepts", {}), f"{source} [concepts]", raw, seed, base)
 
     return ExperimentConfig(
         name=exp.name, store=exp.store, checkpoints_dir=exp.checkpoints_dir, seed=seed, dataset=dataset,
-        splits=raw["splits"], model=raw["model"], training=training, runs=tuple(runs),
+        splits=raw["splits"], model=model, training=training, runs=tuple(runs),
         extract=extract, concepts=concepts, raw=raw, source=source,
         analysis=dict(check_type(data.get("analysis", {}), dict, where=f"{source} [analysis]")))
 
@@ -203,7 +225,7 @@ def parse_config(data: Mapping[str, Any], *, overrides: Mapping[str, Any] | None
 def _parse_training(table: Any, seed: int, where: str) -> dict[str, Any]:
     """``[training]`` as written plus the default seed; checked now when it has ``epochs``
     (every run inherits it; per-run tables are checked with their overrides)."""
-    training = dict(check_type(table, dict, where=where))
+    training = dict(check_keys(table, TRAINING_KEYS, where=where))
     training.setdefault("seed", seed)
     if "epochs" in training:
         check_training(training, where)
@@ -211,7 +233,7 @@ def _parse_training(table: Any, seed: int, where: str) -> dict[str, Any]:
 
 
 def _parse_splits(table: Any, where: str) -> dict[str, Any]:
-    d = dict(check_keys(table, ("train", "valid", "test", "predefined"), where=where))
+    d = dict(check_keys(table, SPLITS_KEYS, where=where))
     d.setdefault("train", 0.7)
     d.setdefault("valid", 0.15)
     d.setdefault("test", 0.15)
@@ -231,8 +253,8 @@ def _parse_splits(table: Any, where: str) -> dict[str, Any]:
     return d
 
 
-def _parse_model(table: Any, where: str) -> dict[str, Any]:
-    d = dict(check_keys(table, ("name", "options"), where=where, required=("name",)))
-    check_type(d["name"], str, where=f"{where}.name")
-    d["options"] = dict(check_type(d.get("options", {}), dict, where=f"{where}.options"))
-    return d
+def _parse_model(table: Any, where: str, base: str | Path | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[model]`` as written (hashed) and resolved (:mod:`probestore.experiment.model`;
+    ``base``: the folder a relative ``class_names`` file is relative to)."""
+    return parse_model(table, where, base=base)

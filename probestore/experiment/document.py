@@ -19,15 +19,32 @@ from pathlib import Path
 from typing import Any
 
 from probestore.errors import ConfigError, did_you_mean
+from probestore.experiment.keys import Key, KeyTable
 from probestore.fields import check_keys, check_range, check_type
 from probestore.paths import expand_path
 
-__all__ = ["TABLES", "STORE_SUFFIXES", "ExperimentTable", "read_document", "apply_overrides",
-           "parse_experiment_table", "read_experiment_table", "read_analysis"]
+__all__ = ["TABLES", "STORE_SUFFIXES", "EXPERIMENT_KEYS", "ExperimentTable", "read_document", "apply_overrides",
+           "file_base", "parse_experiment_table", "read_experiment_table", "read_analysis"]
 
 TABLES = ("experiment", "dataset", "splits", "model", "training", "runs", "extract", "concepts",
           "analysis")
 STORE_SUFFIXES = (".zarr", ".h5", ".hdf5")
+
+#: ``[experiment]`` (see :mod:`probestore.experiment.keys` to add a key).
+EXPERIMENT_KEYS = KeyTable("[experiment]", "The experiment's name, where its store and checkpoints go, and the "
+                           "seed every other table defaults to.", {
+    "name": Key("string", "Name of the experiment, recorded in the store.", example='"mnist-mlp-memorization"'),
+    "store": Key("string (path)", "The store the features are written to; the suffix picks the format "
+                 "(Zarr folder or HDF5 file). `--store` overrides it (relative to the current directory).",
+                 allowed="ends in .zarr, .h5 or .hdf5", example='"../demo-output/mnist_mlp.zarr"',
+                 hashed=False, path=True),
+    "checkpoints_dir": Key("string (path)", "Where `probestore train` writes each run's checkpoints "
+                           "(one folder per run, with a manifest).",
+                           default="the store path without its suffix, plus `-checkpoints`",
+                           example='"../demo-output/checkpoints/mnist_mlp"', hashed=False, path=True),
+    "seed": Key("integer", "Default seed of every other table (subsample, splits, label corruption, initial "
+                "weights, reductions, concept sets).", default="0", allowed=">= 0", example="3"),
+})
 #: CLI option -> the (table, key) places it overrides.
 _OVERRIDES = {
     "store": [("experiment", "store")],
@@ -55,11 +72,23 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
                           fix="fix the syntax (https://toml.io)") from None
 
 
+def file_base(path: str | os.PathLike[str]) -> Path:
+    """The folder the relative paths of the experiment file at ``path`` are relative to: its own.
+
+    Every build tool resolves a file's paths against the file (a Makefile, a
+    pyproject.toml), so an experiment file means the same whatever the current directory.
+    """
+    return Path(path).parent
+
+
 def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """Put CLI options into the TOML tables they override (None = not given).
 
     Recognised keys: ``store``, ``device`` (extract and training), ``batch_size``,
     ``layers`` (list), ``num_workers`` (extract and training), ``amp``, ``compression``.
+    A ``store`` given on the command line is relative to the current directory (as
+    every command-line path is), so it is made absolute here, before the file's own
+    folder would apply to it.
     """
     out = copy.deepcopy(dict(data))
     for key, value in (overrides or {}).items():
@@ -68,6 +97,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None
                               expected=sorted(_OVERRIDES), fix=did_you_mean(key, _OVERRIDES) or None)
         if value is None:
             continue
+        if key == "store":
+            value = str(expand_path(value, where="--store", base=Path.cwd()))
         for table, field_name in _OVERRIDES[key]:
             if table == "training" and "training" not in out:
                 continue
@@ -83,7 +114,8 @@ class ExperimentTable:
     """``[experiment]``: the name, where the store and the checkpoints go, the default seed.
 
     ``written`` is the table with defaults filled in and paths as written (hashed
-    without the locations); ``store`` and ``checkpoints_dir`` are expanded.
+    without the locations); ``store`` and ``checkpoints_dir`` are expanded and relative
+    to the experiment file's folder.
     """
 
     name: str
@@ -93,22 +125,29 @@ class ExperimentTable:
     written: dict[str, Any]
 
 
-def parse_experiment_table(table: Any, where: str) -> ExperimentTable:
-    """Validate ``[experiment]`` (``where`` names it in messages, e.g. ``"exp.toml [experiment]"``)."""
-    exp = dict(check_keys(table, ("name", "store", "checkpoints_dir", "seed"), where=where,
-                          required=("name", "store")))
+def parse_experiment_table(table: Any, where: str, base: str | os.PathLike[str] | None = None) -> ExperimentTable:
+    """Validate ``[experiment]`` (``where`` names it in messages, e.g. ``"exp.toml [experiment]"``).
+
+    ``base``: the folder relative paths are relative to (:func:`file_base` of the file;
+    None: the current directory, for configs that come from no file).
+    """
+    exp = dict(check_keys(table, EXPERIMENT_KEYS, where=where, required=EXPERIMENT_KEYS.required))
     check_type(exp["name"], str, where=f"{where}.name")
     check_type(exp["store"], str, where=f"{where}.store")
     seed = exp.setdefault("seed", 0)
     check_type(seed, int, where=f"{where}.seed")
     check_range(seed, low=0, where=f"{where}.seed")
-    store = expand_path(exp["store"], where=f"{where}.store")
+    store = expand_path(exp["store"], where=f"{where}.store", base=base)
     if store.suffix.lower() not in STORE_SUFFIXES:
         raise ConfigError("unknown store format", where=f"{where}.store", expected="a path ending in "
                           ".zarr, .h5 or .hdf5", got=exp["store"], fix=f"use {exp['store']}.zarr")
-    ckdir = exp.setdefault("checkpoints_dir", str(store.with_suffix("")) + "-checkpoints")
-    check_type(ckdir, str, where=f"{where}.checkpoints_dir")
-    return ExperimentTable(exp["name"], store, expand_path(ckdir, where=f"{where}.checkpoints_dir"), seed, exp)
+    if "checkpoints_dir" in exp:
+        check_type(exp["checkpoints_dir"], str, where=f"{where}.checkpoints_dir")
+        ckdir = expand_path(exp["checkpoints_dir"], where=f"{where}.checkpoints_dir", base=base)
+    else:  # beside the store, which is resolved already
+        ckdir = Path(str(store.with_suffix("")) + "-checkpoints")
+        exp["checkpoints_dir"] = str(ckdir)
+    return ExperimentTable(exp["name"], store, ckdir, seed, exp)
 
 
 def read_experiment_table(path: str | os.PathLike[str]) -> ExperimentTable:
@@ -119,14 +158,15 @@ def read_experiment_table(path: str | os.PathLike[str]) -> ExperimentTable:
     """
     doc = read_document(path)
     check_keys(doc, TABLES, where=str(path), required=("experiment",))
-    return parse_experiment_table(doc["experiment"], f"{path} [experiment]")
+    return parse_experiment_table(doc["experiment"], f"{path} [experiment]", file_base(path))
 
 
 def read_analysis(path: str | os.PathLike[str]) -> tuple[Mapping[str, Any], Path | None]:
     """The ``[analysis]`` table of a file and its ``[experiment]`` store (expanded), if any.
 
     The file is an experiment TOML or a TOML holding only an ``[analysis]`` table; only
-    these two tables are read (the dataset need not exist on this machine).
+    these two tables are read (the dataset need not exist on this machine). The store
+    and ``[analysis] results`` are relative to the file's folder, like every path of it.
 
     Raises
     ------
@@ -145,6 +185,9 @@ def read_analysis(path: str | os.PathLike[str]) -> tuple[Mapping[str, Any], Path
         )
     store = None
     if "experiment" in doc:
-        store = parse_experiment_table(doc["experiment"], f"{path} [experiment]").store
+        store = parse_experiment_table(doc["experiment"], f"{path} [experiment]", file_base(path)).store
     table = check_type(doc.get("analysis", {}), dict, where=f"{path} [analysis]")
+    if isinstance(table.get("results"), str):
+        results = expand_path(table["results"], where=f"{path} [analysis].results", base=file_base(path))
+        table = {**table, "results": str(results)}
     return table, store

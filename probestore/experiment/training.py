@@ -13,13 +13,39 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probestore.errors import ConfigError, did_you_mean
+from probestore.experiment.keys import Key, KeyTable
+from probestore.experiment.keys import choices as one_of
 from probestore.fields import check_keys, check_range, check_type
 
-__all__ = ["OPTIMIZERS", "DEVICES", "AMP_MODES", "TrainConfig", "check_training"]
+__all__ = ["OPTIMIZERS", "DEVICES", "AMP_MODES", "TRAINING_KEYS", "TrainConfig", "check_training"]
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16", "fp16")
+
+#: ``[training]`` and a run's ``training = {...}``: one key per :class:`TrainConfig` field.
+TRAINING_KEYS = KeyTable("[training]", "How `probestore train` trains each run; a run may override any key "
+                         "with `training = { ... }`. Recorded in each run's manifest.", {
+    "epochs": Key("integer", "Passes over the training split (0 saves only the random initialization).",
+                  default="required when a run is trained", allowed=">= 0", example="10"),
+    "batch_size": Key("integer", "Samples per optimization step.", default="128", allowed=">= 1", example="128"),
+    "lr": Key("float", "Learning rate (0.01 is the papers' SGD and Adam rate).", default="0.01", allowed="> 0",
+              example="0.01"),
+    "optimizer": Key("string", "The optimizer.", default='"sgd"', allowed=one_of(OPTIMIZERS), example='"adam"'),
+    "momentum": Key("float", "SGD momentum.", default="0.0", allowed="0..1", example="0.9"),
+    "weight_decay": Key("float", "L2 weight decay.", default="0.0", allowed=">= 0", example="0.0005"),
+    "save_epochs": Key('list of integers or "all"', "Epochs whose weights are saved (epoch 0, the random "
+                       "network, and the last epoch always are).", default='"all"', allowed="0..epochs",
+                       example="[0, 1, 2, 4, 10]", example_with="epochs = 10"),
+    "seed": Key("integer", "Seed of the shuffling and of randomness inside the model (dropout).",
+                default="the [experiment] seed", allowed=">= 0", example="0"),
+    "device": Key("string", "Where to train; `auto` takes the GPU when there is one. `--device` overrides it.",
+                  default='"auto"', allowed=one_of(DEVICES), example='"cpu"', hashed=False),
+    "num_workers": Key("integer", "DataLoader worker processes (0 loads in the main process). "
+                       "`--num-workers` overrides it.", default="0", allowed=">= 0", example="4", hashed=False),
+    "amp": Key("string", "Mixed-precision autocast of the forward pass (fp16 adds loss scaling on CUDA).",
+               default='"none"', allowed=one_of(AMP_MODES), example='"bf16"'),
+})
 
 
 @dataclass
@@ -104,7 +130,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Any, where: str = "train") -> TrainConfig:
         """Build from a config table, refusing unknown keys with a did-you-mean."""
-        check_keys(d, [f.name for f in dataclasses.fields(cls)], where=where, required=("epochs",))
+        check_keys(d, TRAINING_KEYS, where=where, required=("epochs",))
         try:
             return cls(**d)
         except ConfigError as exc:
