@@ -11,6 +11,7 @@ repository's experiments is the one the parser of earlier releases gave.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -83,10 +84,27 @@ def _fake_data_root(root: Path) -> Path:
     return root
 
 
+def _checkout_with_demo_inputs(root: Path) -> Path:
+    """The experiment files copied under ``root`` beside stand-ins for what ``make demo`` makes.
+
+    The language-model experiment names files that `make demo-lm-data` writes into
+    demo-output/ (the WordNet sentences, the MiniLM folder); a fresh clone has neither,
+    and this test must not write into the checkout. Paths resolve against each file's
+    folder and are hashed as written, so the copies parse to the same hashes.
+    """
+    shutil.copytree(REPO / "experiments", root / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "demo-output" / "data").mkdir(parents=True)
+    (root / "demo-output" / "data" / "wordnet_pos.jsonl").write_text("")
+    (root / "demo-output" / "models" / "minilm").mkdir(parents=True)
+    (root / "demo-output" / "models" / "minilm" / "config.json").write_text("{}")
+    return root
+
+
 def test_experiment_files_parse_without_torch_and_keep_their_hashes(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PROBESTORE_DATA": str(_fake_data_root(tmp_path / "data")),
            "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", _PARSE_WITHOUT_TORCH], cwd=REPO, env=env,
+    checkout = _checkout_with_demo_inputs(tmp_path / "checkout")
+    out = subprocess.run([sys.executable, "-c", _PARSE_WITHOUT_TORCH], cwd=checkout, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
