@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from probestore.errors import ConfigError
+from probestore.progress import format_bytes
 
 #: Bump when what is measured changes (an old cache is then re-measured).
 CALIBRATION_VERSION = 3
@@ -414,14 +415,6 @@ def format_seconds(s: float) -> str:
     return f"{s / 86400:.1f} days"
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
 def _load() -> tuple[float, int]:
     """1-minute load average and cores: how much slower than the calibrated rates a run may be now."""
     cores = max(1, os.cpu_count() or 1)
@@ -452,13 +445,13 @@ def format_estimate(estimates: list[BlockEstimate], cal: Calibration, source: st
              "so a busy one is slower by its load"]
     lines.append("  per block (largest first):")
     for e in sorted(estimates, key=lambda e: -e.seconds)[:max_lines]:
-        lines.append(f"    {e.name:<48} ~{format_seconds(e.seconds):>9}  peak ~{_fmt_bytes(e.memory_bytes)}"
+        lines.append(f"    {e.name:<48} ~{format_seconds(e.seconds):>9}  peak ~{format_bytes(e.memory_bytes)}"
                      + ("  (streamed)" if e.streamed else ""))
     if len(estimates) > max_lines:
         lines.append(f"    ... {len(estimates) - max_lines} more")
     w = max(1, workers)
     lines.append(f"  total: ~{format_seconds(total)} of work; ~{format_seconds(_makespan(sorted((e.seconds for e in estimates), reverse=True), w) if estimates else 0.0)} "
-                 f"on {w} worker(s); peak memory per worker ~{_fmt_bytes(peak)}")
+                 f"on {w} worker(s); peak memory per worker ~{format_bytes(peak)}")
     load, cores = _load()
     if load > 1.5 * cores:
         lines.append(f"  the machine is busy now (load average {load:.1f} on {cores} cores): at this load expect up "
@@ -469,5 +462,5 @@ def format_estimate(estimates: list[BlockEstimate], cal: Calibration, source: st
             lines.append(f"  deadline {format_seconds(deadline_s)}: not reachable: {why}")
         else:
             lines.append(f"  deadline {format_seconds(deadline_s)}: {n} worker(s) "
-                         f"(each ~{_fmt_bytes(peak)}; {cal.threads} core(s) each)")
+                         f"(each ~{format_bytes(peak)}; {cal.threads} core(s) each)")
     return "\n".join(lines)

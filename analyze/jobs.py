@@ -40,6 +40,7 @@ from analyze.block_checks import unreadable_blocks
 from analyze.config import AnalysisConfig
 from analyze.results import probe_id
 from probestore.errors import ConfigError, did_you_mean
+from probestore.progress import format_bytes
 from probestore.selectors import NoMatchError, check_matched, matches, select
 from storage_schema import layout
 
@@ -370,14 +371,6 @@ def _feature_probes(probes: set[str], has_corrupted: bool, targets: Sequence[str
     return tuple(specs)
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
 def format_plan(plan: Plan, *, max_block_bytes: int, done: int = 0, max_lines: int = 40) -> str:
     """Human-readable plan (``--dry-run``): blocks, probes per kind, bytes to read."""
     counts = plan.probe_counts()
@@ -396,8 +389,8 @@ def format_plan(plan: Plan, *, max_block_bytes: int, done: int = 0, max_lines: i
                               + tuple(k for k in ("rcv_ols", "mdl") if counts.get(k)))
         + f" (total {plan.n_probes})",
         f"  concept targets: {', '.join(plan.targets) if plan.targets else 'none'}",
-        f"  read: {_fmt_bytes(mem)} as float32 ({_fmt_bytes(disk)} on disk); largest block {_fmt_bytes(largest)}; "
-        f"{len(streamed)} block(s) over the {_fmt_bytes(max_block_bytes)} budget streamed in row chunks",
+        f"  read: {format_bytes(mem)} as float32 ({format_bytes(disk)} on disk); largest block {format_bytes(largest)}; "
+        f"{len(streamed)} block(s) over the {format_bytes(max_block_bytes)} budget streamed in row chunks",
     ]
     if done:
         lines.append(f"  already in the results table: {done} probes (skipped)")
@@ -405,7 +398,7 @@ def format_plan(plan: Plan, *, max_block_bytes: int, done: int = 0, max_lines: i
     for j in plan.jobs[:max_lines]:
         kinds = Counter(p.probe for p in j.probes)
         what = ", ".join(f"{k} {v}" for k, v in kinds.items())
-        lines.append(f"    {j.name:<48} F={j.n_features:<6} {j.reduction:<12} {_fmt_bytes(j.read_bytes):>10}  {what}")
+        lines.append(f"    {j.name:<48} F={j.n_features:<6} {j.reduction:<12} {format_bytes(j.read_bytes):>10}  {what}")
     if len(plan.jobs) > max_lines:
         lines.append(f"    ... {len(plan.jobs) - max_lines} more")
     return "\n".join(lines)

@@ -49,6 +49,16 @@ def format_rate(count: float, seconds: float, unit: str) -> str:
     return f"{rate * 60:.1f} {unit}s/min"
 
 
+def format_bytes(nbytes: float) -> str:
+    """``"512 B"``, ``"41.0 MiB"``, ``"1.2 TiB"``: sizes in store listings, plans and estimates."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 def format_eta(seconds: float) -> str:
     """``H:MM:SS`` (``"?"`` when unknown)."""
     if not seconds >= 0 or seconds == float("inf"):

@@ -96,16 +96,16 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
+    from probestore.progress import format_bytes
     from storage_schema.edit import apply_delete, delete_lock, plan_delete
-    from storage_schema.inspect_tree import human_size
     from storage_schema.store import open_store
 
     with open_store(args.store, "r" if args.dry_run else "a") as store:
         plan = plan_delete(store, args.targets)
         verb = "deleting" if args.yes and not args.dry_run else "would delete"
-        print(f"{args.store}: {verb} {len(plan.items)} item(s), {human_size(plan.nbytes)} on disk:")
+        print(f"{args.store}: {verb} {len(plan.items)} item(s), {format_bytes(plan.nbytes)} on disk:")
         for item in plan.items:
-            print(f"  {item.kind:<10} {item.path}  ({item.detail}, {human_size(item.nbytes)})")
+            print(f"  {item.kind:<10} {item.path}  ({item.detail}, {format_bytes(item.nbytes)})")
         for arch in plan.architectures:
             print(f"  {'indices':<10} architectures/{arch}  (no run of architecture {arch!r} is left)")
         if args.dry_run:
@@ -134,9 +134,9 @@ def _confirmed(store: str, n_items: int) -> bool:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from probestore.progress import format_bytes
     from probestore.selectors import parse_patterns
     from storage_schema.export import export
-    from storage_schema.inspect_tree import human_size
     from storage_schema.store import open_store
 
     limit = args.max_csv_values
@@ -150,7 +150,7 @@ def _export(args: argparse.Namespace) -> int:
         plan, out = export(store, args.run, args.checkpoint, parse_patterns(args.layers), args.output,
                            max_csv_values=limit)
         print(f"{out}: {plan.run}/{plan.checkpoint}, {store.n_samples} samples, "
-              f"{len(plan.blocks)} block(s) ({', '.join(plan.blocks)}), {human_size(out.stat().st_size)}")
+              f"{len(plan.blocks)} block(s) ({', '.join(plan.blocks)}), {format_bytes(out.stat().st_size)}")
     return 0
 
 

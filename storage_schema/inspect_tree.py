@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from probestore.progress import format_bytes
 from storage_schema.store import ActivationStore
-
-
-def human_size(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _reduction(reduction: dict | None) -> str:
@@ -75,7 +67,7 @@ def render_tree(store: ActivationStore, *, show_incomplete: bool = True) -> str:
     counts = ", ".join(f"{name} {(splits == i).sum()}" for i, name in enumerate(ds.split_names))
     lines = [
         f"{store.path}  ({store.format}, schema {'.'.join(map(str, store.schema_version))}, "
-        f"{human_size(store.backend.stored_bytes(''))} on disk)",
+        f"{format_bytes(store.backend.stored_bytes(''))} on disk)",
         f"dataset {ds.name!r}: {ds.n_samples} samples ({counts}), {len(ds.class_names)} classes, {ds.fingerprint[:23]}...",
     ]
     lines.extend(_unit_lines(store))
@@ -118,7 +110,7 @@ def render_tree(store: ActivationStore, *, show_incomplete: bool = True) -> str:
                 lines.append(
                     f"      {block.name:<24} [{ds.n_samples}, {block.n_features}] {block.dtype}  "
                     f"from {shape or '?'} by {_reduction(block.reduction)}  "
-                    f"{human_size(store.stored_bytes(run, ckpt.name, block.name))}  {done}"
+                    f"{format_bytes(store.stored_bytes(run, ckpt.name, block.name))}  {done}"
                 )
     return "\n".join(lines)
 
@@ -182,7 +174,7 @@ def render_summary(store: ActivationStore) -> str:
         layers.update(dict.fromkeys(_layer_names(store, run)))
     lines = [
         f"{store.path}  ({store.format}, schema {'.'.join(map(str, store.schema_version))}, "
-        f"{human_size(store.backend.stored_bytes(''))} on disk)",
+        f"{format_bytes(store.backend.stored_bytes(''))} on disk)",
         f"dataset     {ds.name!r}: {ds.n_samples} samples",
         *(f"            {line}" for line in _unit_lines(store)),
         "splits      " + ", ".join(f"{name} {(splits == i).sum()}" for i, name in enumerate(ds.split_names)),
