@@ -20,8 +20,9 @@ literally named ``input`` takes precedence.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -355,23 +356,13 @@ def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch
                         expected=n, got=len(torch_dataset))
     prepare_device(device)
     model.to(device).eval()
-    metas = create_blocks(store, run, checkpoint, plan, dtype=options.dtype,
-                          chunk_rows=options.chunk_rows, compression=options.compression)
     bs = options.batch_size
-    stats = CheckpointStats(run, checkpoint)
-    t0 = time.perf_counter()
-    with CheckpointWriter(store, run, checkpoint, metas, plan.layers) as writer:
-        stats.setup_seconds = time.perf_counter() - t0
-        start = (writer.resume_row // bs) * bs
-        stats.resumed_from = start
-        loader = batch_loader(torch_dataset, start, bs, device=device,
-                              num_workers=options.num_workers)
-        from probestore.progress import Log, Progress
 
-        # A bar on a terminal; elsewhere a line a minute (the pipeline writes one per checkpoint).
-        bar = Progress(n, initial=start, unit="sample", log=Log("extract"), desc=f"{run}/{checkpoint}",
-                       enabled=progress, each=False)
-        try:
+    def batches(resume_row: int) -> tuple[int, Generator[tuple[int, int, dict[str, torch.Tensor]], None, None]]:
+        start = (resume_row // bs) * bs
+        loader = batch_loader(torch_dataset, start, bs, device=device, num_workers=options.num_workers)
+
+        def produce() -> Generator[tuple[int, int, dict[str, torch.Tensor]], None, None]:
             with BatchExtractor(model, plan, device, options.amp) as extractor:
                 row = start
                 for x, idx in loader:
@@ -380,9 +371,48 @@ def extract_checkpoint(store, run: str, checkpoint: str, model: nn.Module, torch
                         raise DataError("the data loader returned rows out of order",
                                         where="extraction loop", expected=f"rows {row}..{row + k - 1}",
                                         got=f"{int(idx[0])}..{int(idx[-1])}")
-                    blocks = extractor(x.to(device, non_blocking=True))
-                    writer.put(row, to_host(blocks))
+                    yield row, k, extractor(x.to(device, non_blocking=True))
                     row += k
+
+        return start, produce()
+
+    return fill_checkpoint(store, run, checkpoint, plan, options, unit="sample", progress=progress,
+                           batches=batches)
+
+
+#: ``batches(resume_row)`` of :func:`fill_checkpoint`: the first row it will produce and
+#: the batches ``(first row in the store, rows, reduced tensors per block)`` in store order.
+BatchSource = Callable[[int], tuple[int, Generator[tuple[int, int, Mapping[str, torch.Tensor]], None, None]]]
+
+
+def fill_checkpoint(store, run: str, checkpoint: str, plan, options: ExtractOptions, *, unit: str,
+                    progress: bool, batches: BatchSource) -> CheckpointStats:
+    """The loop every extraction shares: blocks created (or found), resumed, filled, flagged complete.
+
+    Images and text differ only in how a batch is made (:func:`extract_checkpoint`,
+    :func:`extract.text_runner.extract_text_checkpoint`); creating the blocks, resuming
+    at a batch boundary at or below ``rows_done``, the host copy, the background writer,
+    the progress bar and the timings are one piece of code. The batch source is closed
+    as soon as the loop ends, normally or not, so its hooks come off at once.
+    """
+    n = store.n_samples
+    metas = create_blocks(store, run, checkpoint, plan, dtype=options.dtype,
+                          chunk_rows=options.chunk_rows, compression=options.compression)
+    stats = CheckpointStats(run, checkpoint)
+    t0 = time.perf_counter()
+    with CheckpointWriter(store, run, checkpoint, metas, plan.layers) as writer:
+        stats.setup_seconds = time.perf_counter() - t0
+        start, produced = batches(writer.resume_row)
+        stats.resumed_from = start
+        from probestore.progress import Log, Progress
+
+        # A bar on a terminal; elsewhere a line a minute (the pipeline writes one per checkpoint).
+        bar = Progress(n, initial=start, unit=unit, log=Log("extract"), desc=f"{run}/{checkpoint}",
+                       enabled=progress, each=False)
+        try:
+            with contextlib.closing(produced):
+                for row, k, blocks in produced:
+                    writer.put(row, to_host(blocks))
                     bar.update(k)
             t_loop = time.perf_counter()
             writer.finish()

@@ -21,8 +21,7 @@ differences that come from the token axis:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +32,8 @@ from torch import nn
 from extract.device import autocast_context, prepare_device
 from extract.layers import LayerTaps, hidden_state, select_layers, split_call
 from extract.reductions import build_reducer, plan_reduction
-from extract.runner import CheckpointStats, ExtractionPlan, create_blocks, to_host
+from extract.runner import CheckpointStats, ExtractionPlan, fill_checkpoint
 from extract.token_reductions import BatchRows, TokenRowReducer, sequence_spans
-from extract.writer import CheckpointWriter
 from probestore.errors import ConfigError, DataError, did_you_mean
 from probestore.experiment import INPUT_LAYER, ExtractOptions
 from probestore.experiment.extraction import split_view
@@ -297,23 +295,14 @@ def extract_text_checkpoint(store, run: str, checkpoint: str, model: nn.Module, 
     device = torch.device(device)
     prepare_device(device)
     model.to(device).eval()
-    metas = create_blocks(store, run, checkpoint, plan, dtype=options.dtype, chunk_rows=options.chunk_rows,
-                          compression=options.compression)
     bs = options.batch_size
-    stats = CheckpointStats(run, checkpoint)
-    t0 = time.perf_counter()
     row_start = dataset.row_start
-    with CheckpointWriter(store, run, checkpoint, metas, plan.layers) as writer:
-        stats.setup_seconds = time.perf_counter() - t0
-        starts = row_start[::bs][: -(-dataset.n_sequences // bs)]  # first row of each batch
-        first = int(np.searchsorted(starts, writer.resume_row, side="right") - 1)
-        stats.resumed_from = int(starts[first])
-        from probestore.progress import Log, Progress
 
-        # A bar on a terminal; elsewhere a line a minute (the pipeline writes one per checkpoint).
-        bar = Progress(n, initial=stats.resumed_from, unit="row", log=Log("extract"), desc=f"{run}/{checkpoint}",
-                       enabled=progress, each=False)
-        try:
+    def batches(resume_row: int) -> tuple[int, Generator[tuple[int, int, dict[str, torch.Tensor]], None, None]]:
+        starts = row_start[::bs][: -(-dataset.n_sequences // bs)]  # first row of each batch
+        first = int(np.searchsorted(starts, resume_row, side="right") - 1)
+
+        def produce() -> Generator[tuple[int, int, dict[str, torch.Tensor]], None, None]:
             with TextBatchExtractor(model, plan, device, options.amp) as extractor:
                 for s0 in range(first * bs, dataset.n_sequences, bs):
                     s1 = min(s0 + bs, dataset.n_sequences)
@@ -323,15 +312,9 @@ def extract_text_checkpoint(store, run: str, checkpoint: str, model: nn.Module, 
                         raise DataError("a batch gave another number of rows than the store holds for it",
                                         where=f"sequences {s0}..{s1 - 1}", expected=k,
                                         got={b: int(t.shape[0]) for b, t in blocks.items()})
-                    writer.put(int(row_start[s0]), to_host(blocks))
-                    bar.update(k)
-            t_loop = time.perf_counter()
-            writer.finish()
-            stats.finish_seconds = time.perf_counter() - t_loop
-        finally:
-            bar.close()
-    stats.rows = n - stats.resumed_from
-    stats.seconds = time.perf_counter() - t0
-    stats.write_seconds = writer.write_seconds
-    stats.bytes_stored = sum(store.stored_bytes(run, checkpoint, m.name) for m in metas)
-    return stats
+                    yield int(row_start[s0]), k, blocks
+
+        return int(starts[first]), produce()
+
+    return fill_checkpoint(store, run, checkpoint, plan, options, unit="row", progress=progress,
+                           batches=batches)
