@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from probestore.cli import main
 from probestore.errors import StoreFormatError
 from storage_schema.store import open_store
 from tests.conftest import MNIST_DIR, needs_data
+from tests.helpers.processes import sigkill_when
 
 MNIST = MNIST_DIR
 pytestmark = [pytest.mark.slow,
@@ -159,19 +159,11 @@ def test_sigkill_mid_checkpoint_then_rerun_gives_identical_store(workdir, capsys
     args = ["extract", "exp.toml", "--store", "killed.zarr", "--no-progress"]
     proc = subprocess.Popen(_cli(*args, cwd=workdir), cwd=workdir, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:
-            rows, incomplete = _progress(store)
-            if incomplete and rows >= 200:  # every block of a checkpoint holds some rows
-                break
-            assert proc.poll() is None, "extraction finished before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("no partial checkpoint appeared")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    def partial() -> bool:
+        rows, incomplete = _progress(store)
+        return bool(incomplete) and rows >= 200  # every block of a checkpoint holds some rows
+
+    sigkill_when(proc, partial)
     assert proc.returncode == -signal.SIGKILL
     rows, incomplete = _progress(store)
     assert incomplete and 0 < rows < N_SAMPLES

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from probestore.experiment.dataset import DatasetSpec  # noqa: E402
 from probestore.experiment.extraction import parse_extract  # noqa: E402
 from storage_schema.store import create_store, open_store  # noqa: E402
 from storage_schema.validate import validate_store  # noqa: E402
+from tests.helpers.processes import sigkill_when  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["embeddings", "encoder.layer.0", "encoder.layer.1"]
@@ -451,19 +450,7 @@ def test_sigkill_mid_token_extraction_then_rerun_gives_the_uninterrupted_store(t
     proc = subprocess.Popen(_cli("extract", "exp.toml", "--store", "killed.zarr", "--no-progress", cwd=tmp_path),
                             cwd=tmp_path, env={**env, "SLOW_BERT_DELAY": "0.1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:
-            done = _rows_done(killed)
-            if done is not None and done >= 128:
-                break
-            assert proc.poll() is None, "extraction finished before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("no partial checkpoint appeared")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    sigkill_when(proc, lambda: (_rows_done(killed) or 0) >= 128)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["extract", "exp.toml", "--store", "ref.zarr", "--no-progress"]) == 0
